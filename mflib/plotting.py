@@ -1,0 +1,230 @@
+"""Plotting helpers shared by every page: one figure style, interactive
+figures that work with no kernel, and quiet progress bars.
+
+Interactive figures come in twins built from one ``render`` function:
+
+* :func:`live_explorer` wraps ``render`` in ipywidgets sliders, for a reader
+  running the notebook;
+* :func:`static_explorer` renders every combination of the slider values at
+  build time and returns self-contained HTML (images and a few lines of
+  JavaScript, no CDN, no widget manager), for the static book.
+
+:func:`animation_html` turns a matplotlib animation into the same kind of
+self-contained HTML, with play/pause controls.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import itertools
+import os
+from contextlib import contextmanager
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+
+from mflib import _checks
+
+__all__ = ["STYLE", "use_style", "figure", "progress", "static_explorer", "live_explorer",
+           "animation_html", "fig_to_png"]
+
+#: The one figure style of the book.
+STYLE = {
+    "figure.figsize": (6.4, 4.0),
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "savefig.bbox": "tight",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "lines.linewidth": 1.8,
+    "image.cmap": "viridis",
+    "axes.prop_cycle": mpl.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                         "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]),
+}
+
+
+def use_style() -> None:
+    """Apply :data:`STYLE` to matplotlib (call once in a page's setup cell)."""
+    mpl.rcParams.update(STYLE)
+
+
+@contextmanager
+def _style():
+    with mpl.rc_context(STYLE):
+        yield
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None,
+           height: float | None = None, **kw):
+    """Create a figure in the book's style; returns ``(fig, axes)`` like ``plt.subplots``."""
+    ncols = _checks.integer(ncols, "ncols", minimum=1)
+    nrows = _checks.integer(nrows, "nrows", minimum=1)
+    w = width if width is not None else 4.2 * ncols + 0.6
+    h = height if height is not None else 3.4 * nrows
+    with _style():
+        return plt.subplots(nrows, ncols, figsize=(w, h), **kw)
+
+
+def quiet() -> bool:
+    """True when progress bars must stay hidden (``MFLIB_QUIET=1``: book build, tests)."""
+    return os.environ.get("MFLIB_QUIET", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def progress(iterable, **kwargs):
+    """Wrap ``iterable`` in a ``tqdm.auto`` progress bar, unless :func:`quiet`."""
+    if quiet():
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional
+        return iterable
+    return tqdm(iterable, **kwargs)
+
+
+def fig_to_png(fig, *, close: bool = True) -> bytes:
+    """Render a matplotlib figure to PNG bytes (and close it by default)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    if close:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _check_axes(axes: dict) -> dict:
+    if not isinstance(axes, dict) or not axes:
+        raise TypeError("axes must be a non-empty dict mapping a parameter name to a list of values")
+    out = {}
+    for name, values in axes.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"axes keys must be parameter names, got {name!r}")
+        values = list(values)
+        if not values:
+            raise ValueError(f"axes[{name!r}] must hold at least one value")
+        out[name] = values
+    return out
+
+
+def static_explorer(render, axes: dict, *, title: str = "", fmt=str):
+    """Render ``render(**params)`` for every combination of ``axes`` into one
+    self-contained HTML widget with a slider per parameter.
+
+    Parameters
+    ----------
+    render : callable
+        ``render(**params)`` returns a matplotlib figure.
+    axes : dict
+        Maps each parameter name to the list of its values (the slider stops).
+    title : str
+        A line shown above the sliders.
+    fmt : callable
+        Formats a value for the slider's label.
+
+    Returns
+    -------
+    IPython.display.HTML
+        Images and inline JavaScript only: it works in the static book with no
+        kernel, no network and no widget manager.
+    """
+    from IPython.display import HTML
+
+    if not callable(render):
+        raise TypeError("render must be callable")
+    axes = _check_axes(axes)
+    names = list(axes)
+    images = []
+    for combo in itertools.product(*(range(len(axes[n])) for n in names)):
+        fig = render(**{n: axes[n][i] for n, i in zip(names, combo)})
+        images.append(base64.b64encode(fig_to_png(fig)).decode("ascii"))
+    uid = "mfx" + hashlib.sha1("".join(images[:2]).encode() + title.encode()).hexdigest()[:10]
+    strides, s = [], 1
+    for n in reversed(names):
+        strides.insert(0, s)
+        s *= len(axes[n])
+    sliders = "".join(
+        f'<label style="display:block;margin:2px 0">{n} = <b id="{uid}-v{k}">{fmt(axes[n][0])}</b><br>'
+        f'<input type="range" min="0" max="{len(axes[n]) - 1}" value="0" step="1" '
+        f'id="{uid}-s{k}" data-labels=\'{_json([fmt(v) for v in axes[n]])}\' '
+        f'style="width:min(420px,90%)" aria-label="{n}"></label>'
+        for k, n in enumerate(names))
+    imgs = "".join(
+        f'<img src="data:image/png;base64,{b}" class="{uid}-img" data-idx="{i}" '
+        f'style="max-width:100%;display:{"block" if i == 0 else "none"}" alt="{title} frame {i}">'
+        for i, b in enumerate(images))
+    script = f"""<script>(function(){{
+  var strides={strides}, n={len(names)};
+  function show(){{
+    var idx=0;
+    for(var k=0;k<n;k++){{
+      var s=document.getElementById("{uid}-s"+k); var v=parseInt(s.value);
+      idx+=v*strides[k];
+      document.getElementById("{uid}-v"+k).textContent=JSON.parse(s.dataset.labels)[v];
+    }}
+    document.querySelectorAll("img.{uid}-img").forEach(function(im){{
+      im.style.display=(parseInt(im.dataset.idx)===idx)?"block":"none";}});
+  }}
+  for(var k=0;k<n;k++){{document.getElementById("{uid}-s"+k).addEventListener("input",show);}}
+}})();</script>"""
+    head = f'<div class="mflib-explorer" id="{uid}"><p><em>{title}</em></p>' if title else \
+        f'<div class="mflib-explorer" id="{uid}">'
+    return HTML(head + sliders + imgs + "</div>" + script)
+
+
+def _json(values) -> str:
+    import json
+
+    return json.dumps(values).replace("'", "&#39;")
+
+
+def live_explorer(render, axes: dict):
+    """Live twin of :func:`static_explorer`: ipywidgets sliders over the same
+    ``axes`` calling the same ``render`` (needs a running kernel)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not callable(render):
+        raise TypeError("render must be callable")
+    axes = _check_axes(axes)
+
+    def _show(**params):
+        fig = render(**params)
+        display(fig)
+        plt.close(fig)
+
+    controls = {n: widgets.SelectionSlider(options=v, value=v[0], description=n,
+                                           continuous_update=False)
+                for n, v in axes.items()}
+    return widgets.interactive(_show, **controls)
+
+
+def animation_html(fig, update, frames: int, *, interval: int = 120):
+    """Render ``FuncAnimation(fig, update, frames)`` as self-contained HTML
+    (matplotlib's ``to_jshtml``: play, pause and a frame slider, no kernel).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    update : callable
+        ``update(i)`` draws frame ``i``.
+    frames : int
+        Number of frames (at least 1).
+    interval : int
+        Milliseconds between frames.
+    """
+    from IPython.display import HTML
+    from matplotlib import animation
+
+    frames = _checks.integer(frames, "frames", minimum=1)
+    interval = _checks.integer(interval, "interval", minimum=1)
+    anim = animation.FuncAnimation(fig, update, frames=frames, interval=interval)
+    with mpl.rc_context({"animation.embed_limit": 200.0}):
+        html = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return HTML(html)
