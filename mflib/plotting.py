@@ -227,4 +227,24 @@ def animation_html(fig, update, frames: int, *, interval: int = 120):
     with mpl.rc_context({"animation.embed_limit": 200.0}):
         html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
-    return HTML(html)
+    return HTML(_offline_controls(html))
+
+
+# matplotlib's player draws its buttons with Font Awesome from a CDN; the book
+# must read offline, so the stylesheet link is dropped and the icons become
+# Unicode glyphs.
+_GLYPHS = {
+    "fa fa-fast-backward": "&#x23EE;", "fa fa-step-backward": "&#x23F4;&#x23F4;",
+    "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x23F8;",
+    "fa fa-play": "&#x25B6;", "fa fa-step-forward": "&#x23F5;&#x23F5;",
+    "fa fa-fast-forward": "&#x23ED;", "fa fa-minus": "&#x2212;", "fa fa-plus": "+",
+}
+
+
+def _offline_controls(html: str) -> str:
+    import re
+
+    html = re.sub(r'<link rel="stylesheet"\s*href="https?://[^"]*font-awesome[^"]*">', "", html)
+    for cls, glyph in _GLYPHS.items():
+        html = html.replace(f'<i class="{cls}"></i>', f'<span aria-hidden="true">{glyph}</span>')
+    return html
