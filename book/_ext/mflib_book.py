@@ -1,24 +1,39 @@
-"""Sphinx extension of the book: offline MathJax, quiet progress bars.
+"""Sphinx extension of the book.
 
-* MathJax 3 is served from the book itself (``_static/mathjax``), copied from
-  the ``django-static-mathjax`` package, so that pages typeset with no
-  network.
-* Scripts registered twice by other extensions are de-duplicated, and the
-  theme gets a default colour mode, so that pages load with no JavaScript
-  error.
+* **Offline MathJax.** MathJax 3 is served from the book itself
+  (``_static/mathjax``), copied from the ``django-static-mathjax`` package,
+  so that pages typeset with no network.
+* **A cache that knows the library.** Jupyter Book's execution cache hashes a
+  page's code cells only, so a change in ``mflib`` would leave stale pages.
+  The hash of each page is extended with a fingerprint of the ``mflib``
+  modules the page imports, followed transitively through the package's own
+  imports: changing a module re-executes exactly the pages that depend on it.
+* **Execution report.** After each build, ``_build/html/_static/execution_report.json``
+  lists every executed page with its run time and whether it came from the
+  cache; the same table is printed at the end of the build log.
+* **Clean pages.** Scripts registered twice by other extensions are
+  de-duplicated and the theme gets a default colour mode, so that pages load
+  with no JavaScript error.
 * Kernels started by the build inherit ``MFLIB_QUIET=1``: progress bars are
   shown when a reader runs a notebook, never in the built pages.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.util
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 MATHJAX_ENTRY = "mathjax/tex-chtml-full.js"
+PACKAGE = "mflib"
 
 
+# --------------------------------------------------------------- MathJax
 def _mathjax_source() -> Path:
     import mathjax  # provided by django-static-mathjax
 
@@ -28,11 +43,189 @@ def _mathjax_source() -> Path:
     return src
 
 
+def _copy_mathjax(app, exception):
+    if exception is not None or app.builder.format != "html":
+        return
+    dest = Path(app.outdir) / "_static" / "mathjax"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(_mathjax_source(), dest,
+                    ignore=shutil.ignore_patterns("*-speech.js", "*.map", "sre", "mml-svg*",
+                                                  "tex-svg*", "tex-mml-svg*", "svg"))
+
+
+# ------------------------------------------------- library-aware cache key
+_IMPORT_RE = re.compile(
+    r"^[ \t]*(?:from[ \t]+({pkg}(?:\.\w+)*)\s+import[ \t]+(\([\w\s,]*\)|[\w \t,*]+)|import[ \t]+({pkg}(?:\.\w+)*))".replace(
+        "{pkg}", r"[A-Za-z_]\w*"), re.M)
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _imported_modules(source: str, package: str, pkg_dir: Path) -> set[str]:
+    """Modules of ``package`` (file stems, ``__init__`` for the package) that
+    ``source`` imports."""
+    found = set()
+    for m in _IMPORT_RE.finditer(source):
+        dotted = m.group(1) or m.group(3)
+        if not dotted or dotted.split(".")[0] != package:
+            continue
+        found.add("__init__")
+        parts = dotted.split(".")
+        if len(parts) > 1:
+            found.add(parts[1])
+        elif m.group(2):  # from package import a, b
+            for name in re.split(r"[\s,()]+", m.group(2)):
+                if name and (pkg_dir / f"{name}.py").exists():
+                    found.add(name)
+    return {f for f in found if (pkg_dir / f"{f}.py").exists()}
+
+
+def _module_imports(path: Path, package: str, pkg_dir: Path) -> set[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except SyntaxError:
+        return set()
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside the package
+                base = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                out.update(base)
+            elif node.module and node.module.split(".")[0] == package:
+                parts = node.module.split(".")
+                out.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == package and len(parts) > 1:
+                    out.add(parts[1])
+    return {m for m in out if (pkg_dir / f"{m}.py").exists()}
+
+
+def library_fingerprint(sources: list[str], package: str = PACKAGE) -> str:
+    """Hash of the source of every module of ``package`` that the code cells
+    ``sources`` import, directly or through the package's own imports.
+
+    Returns an empty string when the cells do not import the package.
+    """
+    pkg_dir = _package_dir(package)
+    if pkg_dir is None:
+        return ""
+    todo = set()
+    for src in sources:
+        todo |= _imported_modules(src, package, pkg_dir)
+    if not todo:
+        return ""
+    todo.add("__init__")  # importing a submodule runs the package's __init__
+    seen: set[str] = set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        todo |= _module_imports(pkg_dir / f"{mod}.py", package, pkg_dir) - seen
+    digest = hashlib.sha256()
+    for mod in sorted(seen):
+        digest.update(mod.encode() + b"\0" + (pkg_dir / f"{mod}.py").read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _patch_execution_cache(package: str) -> None:
+    from jupyter_cache.cache import main as jc
+
+    original = jc.JupyterCacheBase.create_hashed_notebook
+    if getattr(original, "_library_aware", False):
+        return
+
+    def create_hashed_notebook(self, nb, *args, **kwargs):
+        hashed, key = original(self, nb, *args, **kwargs)
+        fingerprint = library_fingerprint(
+            [c.source for c in nb.cells if c.cell_type == "code"], package)
+        if fingerprint:
+            key = hashlib.md5((key + fingerprint).encode()).hexdigest()
+        return hashed, key
+
+    create_hashed_notebook._library_aware = True
+    jc.JupyterCacheBase.create_hashed_notebook = create_hashed_notebook
+
+
+def _source_read(app, docname, source):
+    """Remember the library fingerprint of each page when it is read."""
+    if not hasattr(app.env, "mflib_fingerprints"):
+        app.env.mflib_fingerprints = {}
+    app.env.mflib_fingerprints[docname] = library_fingerprint(
+        [source[0]], app.config.mflib_cache_package)
+
+
+def _outdated_by_library(app, env, added, changed, removed):
+    """Sphinx re-reads only pages whose source changed; also re-read the pages
+    whose library fingerprint changed (their cache key changed too, so they
+    are executed again)."""
+    stored = getattr(env, "mflib_fingerprints", {})
+    outdated = []
+    for docname, old in stored.items():
+        if docname in added or docname in changed or docname in removed:
+            continue
+        path = Path(env.doc2path(docname))
+        if not path.exists():
+            continue
+        new = library_fingerprint([path.read_text(encoding="utf-8")], app.config.mflib_cache_package)
+        if new != old:
+            outdated.append(docname)
+    return outdated
+
+
+def _merge_fingerprints(app, env, docnames, other):
+    env.mflib_fingerprints = {**getattr(env, "mflib_fingerprints", {}),
+                              **{d: f for d, f in getattr(other, "mflib_fingerprints", {}).items()
+                                 if d in docnames}}
+
+
+def _purge_fingerprint(app, env, docname):
+    getattr(env, "mflib_fingerprints", {}).pop(docname, None)
+
+
+# ------------------------------------------------------- execution report
+def _execution_report(app, exception):
+    if exception is not None or app.builder.format != "html":
+        return
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    rows = []
+    for docname, data in sorted(NbMetadataCollector.get_doc_data(app.env).items()):
+        exec_data = data.get("exec_data")
+        if not exec_data:
+            continue
+        rows.append({"page": docname, "method": exec_data.get("method"),
+                     "seconds": exec_data.get("runtime"),
+                     "succeeded": exec_data.get("succeeded"),
+                     "executed_at": exec_data.get("mtime")})
+    out = Path(app.outdir) / "_static" / "execution_report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    if rows:
+        lines = ["", "Execution report (seconds of kernel time per page):"]
+        for r in sorted(rows, key=lambda r: -(r["seconds"] or 0)):
+            secs = f"{r['seconds']:8.1f}" if r["seconds"] is not None else "       -"
+            lines.append(f"  {secs}  {r['page']}  ({'ok' if r['succeeded'] else 'FAILED'})")
+        total = sum(r["seconds"] or 0 for r in rows)
+        lines.append(f"  {total:8.1f}  total")
+        print("\n".join(lines))
+
+
+# ------------------------------------------------------------ page hygiene
 def _config_inited(app, config):
     os.environ["MFLIB_QUIET"] = "1"
     config.mathjax_path = MATHJAX_ENTRY
     # pydata-sphinx-theme logs a console error when no default mode is set.
     config.html_context.setdefault("default_mode", "light")
+    _patch_execution_cache(config.mflib_cache_package)
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -51,19 +244,15 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique  # in place: later handlers append to this very list
 
 
-def _copy_mathjax(app, exception):
-    if exception is not None or app.builder.format != "html":
-        return
-    dest = Path(app.outdir) / "_static" / "mathjax"
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(_mathjax_source(), dest,
-                    ignore=shutil.ignore_patterns("*-speech.js", "*.map", "sre", "mml-svg*"))
-
-
 def setup(app):
     _mathjax_source()  # fail early with a clear message
+    app.add_config_value("mflib_cache_package", PACKAGE, "env")
     app.connect("config-inited", _config_inited)
+    app.connect("source-read", _source_read)
+    app.connect("env-get-outdated", _outdated_by_library)
+    app.connect("env-merge-info", _merge_fingerprints)
+    app.connect("env-purge-doc", _purge_fingerprint)
     app.connect("html-page-context", _dedupe_scripts, priority=100)
     app.connect("build-finished", _copy_mathjax)
+    app.connect("build-finished", _execution_report)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
