@@ -1,0 +1,222 @@
+import math
+
+import pytest
+import torch
+
+import mflib
+from mflib import threelayer as tl
+
+
+def _data(m=24, d=3, seed=0, symmetric=False):
+    g = torch.Generator().manual_seed(seed)
+    x, y, teacher = tl.teacher_data(m, d, generator=g, symmetric=symmetric)
+    return tl.with_bias(x), y, teacher
+
+
+def _net(n1=5, n2=7, d=4, batch=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return tl.iid_embedding(d, (11, 13), generator=g).sample(n1, n2, batch=batch, generator=g)
+
+
+def test_forward_matches_direct_loop():
+    x, _, _ = _data(m=6)
+    s = _net()
+    p = s.params
+    out = tl.output(p, x)
+    n1, n2 = p.widths
+    for b in range(2):
+        for m in range(x.shape[0]):
+            h3 = 0.0
+            for j2 in range(n2):
+                h2 = sum(p.w2[b, j1, j2] * math.tanh(float(p.w1[b, j1] @ x[m])) for j1 in range(n1)) / n1
+                h3 += p.w3[b, j2] * math.tanh(h2)
+            assert abs(float(out[b, m]) - float(h3 / n2)) < 1e-12
+
+
+def test_closed_form_gradients_equal_width_rescaled_autograd():
+    x, y, _ = _data()
+    for phi in [("tanh", "tanh", "identity"), ("sigmoid", "tanh", "tanh")]:
+        p = _net(n1=9, n2=4).params
+        for a, b in zip(tl.gradients(p, x, y, phi=phi), tl.autograd_gradients(p, x, y, phi=phi)):
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_two_layer_gradients_equal_rescaled_autograd():
+    x, y, _ = _data()
+    p = tl.two_layer_init(6, 4, batch=3, generator=torch.Generator().manual_seed(0))
+    w, a = p.w.clone().requires_grad_(True), p.a.clone().requires_grad_(True)
+    lo = (0.5 * (tl.two_layer_output(tl.TwoLayerParams(w, a), x) - y) ** 2).mean(1).sum()
+    gw, ga = torch.autograd.grad(lo, (w, a))
+    cw, ca = tl.two_layer_gradients(p, x, y)
+    assert torch.allclose(cw, 6 * gw, atol=1e-13) and torch.allclose(ca, 6 * ga, atol=1e-13)
+
+
+def test_first_step_update_of_output_is_width_independent():
+    x, y, _ = _data(m=32)
+    g = torch.Generator().manual_seed(3)
+    emb = tl.iid_embedding(4, 2048, generator=g)
+    moves = {}
+    for n in (64, 1024):
+        p = emb.sample(n, n, batch=4 if n == 64 else 1, generator=g).params
+        run = tl.train(p, x, y, lr=0.1, steps=1)
+        moves[n] = float((tl.output(run.params, x) - tl.output(p, x)).abs().mean())
+    ratio = moves[64] / moves[1024]
+    assert 0.6 < ratio < 1.6, moves
+    # an O(1) move: unscaled autograd steps would shrink it by a factor ~n
+    assert moves[1024] > 2e-4
+
+
+def test_embedding_sampling_and_coupling():
+    g = torch.Generator().manual_seed(0)
+    emb = tl.iid_embedding(4, (10, 12), generator=g)
+    s = emb.sample(6, 5, batch=3, generator=g)
+    b, j1, j2 = 2, 4, 3
+    c1, c2 = int(s.c1[b, j1]), int(s.c2[b, j2])
+    assert torch.equal(s.params.w1[b, j1], emb.w1[c1])
+    assert s.params.w2[b, j1, j2] == emb.w2[c1, c2] and s.params.w3[b, j2] == emb.w3[c2]
+    assert int(s.c1.max()) < 10 and int(s.c2.max()) < 12
+    # same seed, same networks; distance to the ensemble is zero at t = 0
+    s2 = emb.sample(6, 5, batch=3, generator=torch.Generator().manual_seed(5))
+    s3 = emb.sample(6, 5, batch=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(s2.c1, s3.c1) and torch.equal(s2.params.w2, s3.params.w2)
+    rms, sup = tl.distance(s.params, emb.ensemble(), s.c1, s.c2)
+    assert float(rms.abs().max()) == 0 and float(sup.abs().max()) == 0
+    # uniform sampling: index frequencies match 1/N
+    big = emb.sample(20000, 1, generator=g)
+    freq = torch.bincount(big.c1[0], minlength=10).double() / 20000
+    assert float((freq - 0.1).abs().max()) < 0.015
+
+
+def test_network_holding_every_index_once_follows_the_ensemble():
+    # a sample that is a permutation of the table is the MF limit itself
+    x, y, _ = _data()
+    emb = tl.iid_embedding(4, 8, generator=torch.Generator().manual_seed(2))
+    perm1, perm2 = torch.randperm(8)[None], torch.randperm(8)[None]
+    p = tl.Params(emb.w1[perm1], emb.w2[perm1[:, :, None], perm2[:, None, :]], emb.w3[perm2])
+    a = tl.train(p, x, y, lr=0.5, steps=20).params
+    ref = tl.train(emb.ensemble(), x, y, lr=0.5, steps=20).params
+    rms, _ = tl.distance(a, ref, perm1, perm2)
+    assert float(rms) < 1e-12
+
+
+def test_coupled_training_distance_shrinks_with_width():
+    x, y, _ = _data(m=32)
+    emb = tl.iid_embedding(4, 64, generator=torch.Generator().manual_seed(0))
+    r = tl.coupled_training(emb, x, y, widths=[8, 128], seeds=6, lr=1.0, steps=10, record_every=5,
+                            generator=torch.Generator().manual_seed(1))
+    assert r.times.tolist() == [0.0, 5.0, 10.0]
+    assert r.rms[8].shape == (6, 3) and r.out[8].shape == (6, 3, 32)
+    small, large = float(r.rms[8].amax(1).mean()), float(r.rms[128].amax(1).mean())
+    assert large < 0.6 * small  # sqrt(8/128) = 0.25 expected
+    assert float(r.ref_loss[-1]) < float(r.ref_loss[0])
+
+
+def test_training_decreases_loss_and_minibatches_are_reproducible():
+    x, y, _ = _data(m=40)
+    p = _net(n1=16, n2=16, batch=1).params
+    run = tl.train(p, x, y, lr=1.0, steps=40, record_every=10)
+    assert run.loss.shape == (1, 5) and run.times.tolist() == [0, 10, 20, 30, 40]
+    assert float(run.loss[0, -1]) < 0.5 * float(run.loss[0, 0])
+    a = tl.train(p, x, y, lr=0.5, steps=5, batch_size=4, generator=torch.Generator().manual_seed(0))
+    b = tl.train(p, x, y, lr=0.5, steps=5, batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.params.w2, b.params.w2)
+    snap = tl.train(p, x, y, lr=1.0, steps=40, snapshots=(0, 20))
+    assert sorted(snap.snapshots) == [0, 20] and torch.equal(snap.snapshots[0].w2, p.w2)
+    assert torch.equal(tl.train(p, x, y, lr=1.0, steps=20).params.w2, snap.snapshots[20].w2)
+    frozen = tl.train(p, x, y, lr=0.5, steps=3, xi=(0.0, 0.0, 1.0))
+    assert torch.equal(frozen.params.w1, p.w1) and not torch.equal(frozen.params.w3, p.w3)
+
+
+def test_h2_concentrates_under_iid_but_not_correlated_init():
+    x, _, _ = _data(m=20)
+    sp = {}
+    for n1 in (64, 4096):
+        e = tl.iid_embedding(4, (n1, 32), generator=torch.Generator().manual_seed(n1))
+        c = tl.correlated_embedding(4, (n1, 32), generator=torch.Generator().manual_seed(n1))
+        sp[n1] = (float(tl.h2_spread(e.ensemble(), x)), float(tl.h2_spread(c.ensemble(), x)))
+    assert 4 < sp[64][0] / sp[4096][0] < 16        # sqrt(64) = 8
+    assert 0.7 < sp[64][1] / sp[4096][1] < 1.4      # O(1), no concentration
+
+
+def test_lstsq_fit_error_and_features():
+    g = torch.Generator().manual_seed(0)
+    x = tl.with_bias(2 * torch.rand(600, 2, generator=g, dtype=torch.float64) - 1)
+    w = 2 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    f = tl.first_layer_features(w, x)
+    target = torch.cos(2 * x[:, 0]) + x[:, 1] ** 2
+    err = tl.lstsq_fit_error(f[:400], target[:400], f[400:], target[400:])
+    assert err < 0.02
+    # odd features (no bias coordinate) cannot fit an even function
+    fo = tl.first_layer_features(w[:, :2], x[:, :2])
+    assert tl.lstsq_fit_error(fo[:400], x[:400, 0] ** 2, fo[400:], x[400:, 0] ** 2) > 0.2
+
+
+def test_divergence_is_reported_not_nan():
+    x, y, _ = _data()
+    p = _net(n1=8, n2=8, batch=1).params
+    big = tl.Params(p.w1 * 30, p.w2 * 1e3, p.w3 * 1e3)
+    with pytest.raises(mflib.Diverged):
+        tl.train(big, x, y * 1e3, lr=1e3, steps=200)
+    run = tl.train(big, x, y * 1e3, lr=1e3, steps=200, on_divergence="flag")
+    assert run.diverged and torch.isfinite(run.loss).all()
+    assert all(torch.isfinite(t).all() for t in (run.params.w1, run.params.w2, run.params.w3))
+    emb = tl.Embedding(big.w1[0], big.w2[0], big.w3[0])
+    with pytest.raises(mflib.Diverged):
+        tl.coupled_training(emb, x, y * 1e3, widths=[4], seeds=1, lr=1e3, steps=200)
+    with pytest.raises(mflib.Diverged):
+        tl.train_two_layer(tl.TwoLayerParams(p.w1 * 30, p.w3 * 1e4), x, y * 1e4, lr=1e4, steps=200)
+
+
+def test_bad_inputs_raise_with_the_argument_name():
+    x, y, _ = _data()
+    p = _net().params
+    with pytest.raises(TypeError, match="params"):
+        tl.output("w", x)
+    with pytest.raises(ValueError, match="x must have 4 columns"):
+        tl.output(p, x[:, :3])
+    with pytest.raises(TypeError, match="x"):
+        tl.output(p, x.numpy())
+    with pytest.raises(ValueError, match="x and y"):
+        tl.gradients(p, x, y[:-1])
+    with pytest.raises(ValueError, match="lr"):
+        tl.train(p, x, y, lr=-1.0, steps=3)
+    with pytest.raises(TypeError, match="steps"):
+        tl.train(p, x, y, lr=1.0, steps=2.5)
+    with pytest.raises(ValueError, match="phi"):
+        tl.output(p, x, phi=("relu", "tanh", "identity"))
+    with pytest.raises(ValueError, match="xi"):
+        tl.train(p, x, y, lr=1.0, steps=1, xi=(1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match="n1"):
+        tl.iid_embedding(4, 5).sample(0, 3)
+    with pytest.raises(ValueError, match="w2 must have shape"):
+        tl.Embedding(torch.zeros(3, 2), torch.zeros(3, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="x contains non-finite"):
+        tl.output(p, x * float("nan"))
+    with pytest.raises(ValueError, match="on_divergence"):
+        tl.train(p, x, y, lr=1.0, steps=1, on_divergence="ignore")
+    with pytest.raises(ValueError, match="widths"):
+        tl.coupled_training(tl.iid_embedding(4, 5), x, y, widths=[], lr=1.0, steps=1)
+    with pytest.raises(ValueError, match="m must be even"):
+        tl.teacher_data(5, symmetric=True)
+    with pytest.raises(ValueError, match="ridge"):
+        tl.lstsq_fit_error(x, y, x, y, ridge=-1.0)
+
+
+def test_float32_and_device_follow_inputs():
+    x, y, _ = _data()
+    emb = tl.iid_embedding(4, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    s = emb.sample(8, 8, batch=2, generator=torch.Generator().manual_seed(1))
+    run = tl.train(s.params, x.float(), y.float(), lr=0.5, steps=3)
+    assert run.params.w2.dtype == torch.float32 and run.params.w2.device == x.device
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    x, y, _ = _data()
+    s = _net()
+    cpu = tl.train(s.params, x, y, lr=0.5, steps=5).params
+    dev = torch.device("cuda")
+    pc = tl.Params(s.params.w1.to(dev), s.params.w2.to(dev), s.params.w3.to(dev))
+    gpu = tl.train(pc, x.to(dev), y.to(dev), lr=0.5, steps=5).params
+    assert torch.allclose(gpu.w2.cpu(), cpu.w2, atol=1e-10)
