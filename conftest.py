@@ -16,6 +16,9 @@ import types
 os.environ["MFLIB_QUICK"] = "1"
 os.environ["MFLIB_QUIET"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+# Two xdist workers, each with a notebook kernel, share two cores: one
+# thread apiece avoids oversubscription (set before torch is imported).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

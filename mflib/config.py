@@ -25,9 +25,9 @@ import torch
 
 __all__ = ["device", "quick", "sizes", "seed_everything", "DTYPE", "generator"]
 
-#: Default floating dtype of the library: float64, because most of the book
-#: compares numerics against closed forms.  Speed-critical engines take a
-#: ``dtype`` argument and use float32 where their tolerance allows.
+#: The library's default floating dtype, ``torch.float64``, because most of
+#: the book compares numerics against closed forms.  Speed-critical engines
+#: take a ``dtype`` argument and use float32 where their tolerance allows.
 DTYPE = torch.float64
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 
 from mflib import _checks
 
-__all__ = ["STYLE", "use_style", "figure", "progress", "static_explorer", "live_explorer",
+__all__ = ["STYLE", "use_style", "figure", "quiet", "progress", "static_explorer", "live_explorer",
            "animation_html", "fig_to_png"]
 
 #: The one figure style of the book.
