@@ -1,0 +1,258 @@
+r"""The loss landscape of a tiny two-layer network: saddle at zero, plateaux, slices.
+
+The network has :math:`m` hidden units and no output bias,
+
+.. math::
+
+   h(w, x) = \sum_{j=1}^m a_j\,\sigma(\langle b_j, x\rangle), \qquad
+   w = (a, B) \in \mathbb R^m \times \mathbb R^{m\times d},
+
+(a first-layer bias is an input coordinate equal to 1), and is trained on the
+square loss :math:`F(w) = \frac1{2n}\sum_i (h(w, x_i) - y_i)^2`.
+
+When :math:`\sigma(0) = 0` the origin is a critical point, and its Hessian is
+(Chizat, 2019, lecture 1: "saddle point at 0 if :math:`L \ge 2`")
+
+.. math::
+
+   \nabla^2 F(0) = -\sigma'(0)
+   \begin{pmatrix} 0 & I_m \otimes v^\top \\ I_m \otimes v & 0 \end{pmatrix},
+   \qquad v = \frac1n\sum_{i=1}^n y_i x_i,
+
+with eigenvalues :math:`\pm\sigma'(0)\lVert v\rVert` (each :math:`m` times) and
+0: a strict saddle as soon as :math:`\sigma'(0)v \neq 0`
+(:func:`saddle_curvature`).
+
+:func:`slice_risk` evaluates :math:`F` on the plane
+:math:`(\alpha, \beta) \mapsto (\alpha a, \beta B)`, which holds the saddle
+:math:`(0, 0)`, the point :math:`(1, 1)` and, for odd :math:`\sigma`, its
+mirror :math:`(-1, -1)` computing the same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mflib import _checks
+
+__all__ = ["two_layer", "risk", "slice_risk", "slice_function", "hessian",
+           "saddle_curvature", "TwoLayerRun", "gradient_descent"]
+
+
+def _params(a, B, x):
+    a = _checks.tensor(a, "a", ndim=1)
+    B = _checks.tensor(B, "B", ndim=2)
+    x = _checks.tensor(x, "x", ndim=2)
+    if B.shape[0] != a.shape[0]:
+        raise ValueError(f"B must have one row per hidden unit ({a.shape[0]}), "
+                         f"got shape {tuple(B.shape)}")
+    if B.shape[1] != x.shape[1]:
+        raise ValueError(f"B must have {x.shape[1]} columns (the input dimension of x), "
+                         f"got shape {tuple(B.shape)}")
+    return a, B, x
+
+
+def _activation(activation):
+    if not callable(activation):
+        raise TypeError(f"activation must be callable, got {type(activation).__name__}")
+    return activation
+
+
+def _data(a, B, x, y, activation):
+    a, B, x = _params(a, B, x)
+    y = _checks.tensor(y, "y", ndim=1)
+    _checks.same_rows(x, y, "x", "y")
+    return a, B, x, y, _activation(activation)
+
+
+def two_layer(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor,
+              activation=torch.tanh) -> torch.Tensor:
+    r"""Outputs :math:`h(w, x_i) = \sum_j a_j\sigma(\langle b_j, x_i\rangle)`.
+
+    Parameters
+    ----------
+    a : torch.Tensor
+        Output weights, shape ``(m,)``.
+    B : torch.Tensor
+        Input weights, shape ``(m, d)`` (row :math:`j` is :math:`b_j`).
+    x : torch.Tensor
+        Inputs, shape ``(n, d)``.
+    activation : callable
+        :math:`\sigma`, applied elementwise (default ``torch.tanh``).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(n,)``.
+    """
+    a, B, x = _params(a, B, x)
+    return _activation(activation)(x @ B.T) @ a
+
+
+def _risk(a, B, x, y, activation):
+    return 0.5 * ((activation(x @ B.T) @ a - y) ** 2).mean()
+
+
+def risk(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+         activation=torch.tanh) -> torch.Tensor:
+    r"""Square-loss empirical risk :math:`F(a, B) = \frac1{2n}\sum_i (h(w, x_i) - y_i)^2`."""
+    a, B, x, y, activation = _data(a, B, x, y, activation)
+    return _risk(a, B, x, y, activation)
+
+
+def slice_risk(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               alphas: torch.Tensor, betas: torch.Tensor, activation=torch.tanh) -> torch.Tensor:
+    r"""The risk on the plane :math:`F(\alpha a, \beta B)`, on a grid.
+
+    Parameters
+    ----------
+    a, B : torch.Tensor
+        Directions of the slice, shapes ``(m,)`` and ``(m, d)``.
+    x, y : torch.Tensor
+        Data, shapes ``(n, d)`` and ``(n,)``.
+    alphas, betas : torch.Tensor
+        1-D grids of the two coordinates.
+    activation : callable
+        :math:`\sigma` (default ``torch.tanh``).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(len(alphas), len(betas))``; entry ``[i, j]`` is
+        :math:`F(\alpha_i a, \beta_j B)`.
+    """
+    a, B, x, y, activation = _data(a, B, x, y, activation)
+    alphas = _checks.tensor(alphas, "alphas", ndim=1)
+    betas = _checks.tensor(betas, "betas", ndim=1)
+    pre = x @ B.T                                              # (n, m)
+    g = activation(betas[:, None, None] * pre) @ a             # (nb, n)
+    out = alphas[:, None, None] * g[None, :, :] - y            # (na, nb, n)
+    return 0.5 * (out ** 2).mean(dim=-1)
+
+
+def slice_function(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   activation=torch.tanh):
+    r"""Return :math:`t \mapsto F(t_0 a, t_1 B)` for :math:`t \in \mathbb R^2`, a function
+    that ``torch.func.grad`` and ``torch.func.hessian`` can differentiate."""
+    a, B, x, y, activation = _data(a, B, x, y, activation)
+
+    def f(t):
+        return _risk(t[0] * a, t[1] * B, x, y, activation)
+
+    return f
+
+
+def hessian(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+            activation=torch.tanh) -> torch.Tensor:
+    r"""Hessian of :math:`F` at :math:`(a, B)` in the coordinates
+    :math:`(a_1, \dots, a_m, b_{11}, \dots, b_{md})`, by ``torch.func.hessian``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(m + m d, m + m d)``.
+    """
+    a, B, x, y, activation = _data(a, B, x, y, activation)
+    m, d = B.shape
+
+    def f(theta):
+        return _risk(theta[:m], theta[m:].reshape(m, d), x, y, activation)
+
+    return torch.func.hessian(f)(torch.cat([a, B.reshape(-1)]).detach())
+
+
+def saddle_curvature(x: torch.Tensor, y: torch.Tensor, slope: float = 1.0) -> float:
+    r"""The eigenvalue magnitude :math:`\sigma'(0)\lVert\frac1n\sum_i y_i x_i\rVert` of
+    :math:`\nabla^2 F(0)` (see the module docstring).
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Data, shapes ``(n, d)`` and ``(n,)``.
+    slope : float
+        :math:`\sigma'(0)` (1 for ``tanh``).
+    """
+    x = _checks.tensor(x, "x", ndim=2)
+    y = _checks.tensor(y, "y", ndim=1)
+    _checks.same_rows(x, y, "x", "y")
+    slope = _checks.real(slope, "slope")
+    return abs(slope) * float((y @ x / x.shape[0]).norm())
+
+
+@dataclass
+class TwoLayerRun:
+    """Trajectory of :func:`gradient_descent`.
+
+    Attributes
+    ----------
+    a, B : torch.Tensor
+        Last (finite) iterate.
+    steps : torch.Tensor
+        Recorded step numbers (``int64``), starting with 0.
+    risk : torch.Tensor
+        :math:`F` at the recorded steps.
+    diverged : bool
+        True if the run produced non-finite values (records stop before).
+    """
+
+    a: torch.Tensor
+    B: torch.Tensor
+    steps: torch.Tensor
+    risk: torch.Tensor
+    diverged: bool
+
+
+def gradient_descent(a0: torch.Tensor, B0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+                     step: float, n_steps: int, activation=torch.tanh,
+                     record_every: int = 1) -> TwoLayerRun:
+    r"""Full-batch gradient descent on :math:`F` with ``torch.optim.SGD``:
+    :math:`w_{k+1} = w_k - \eta\nabla F(w_k)`.
+
+    Parameters
+    ----------
+    a0, B0 : torch.Tensor
+        Initial point, shapes ``(m,)`` and ``(m, d)``.
+    x, y : torch.Tensor
+        Data, shapes ``(n, d)`` and ``(n,)``.
+    step : float
+        :math:`\eta > 0`.
+    n_steps : int
+        Number of updates (at least 1).
+    activation : callable
+        :math:`\sigma` (default ``torch.tanh``).
+    record_every : int
+        Record :math:`F` every this many steps (and at the last step).
+
+    Returns
+    -------
+    TwoLayerRun
+    """
+    a0, B0, x, y, activation = _data(a0, B0, x, y, activation)
+    step = _checks.real(step, "step", positive=True)
+    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
+    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    a = a0.detach().clone().requires_grad_(True)
+    B = B0.detach().clone().requires_grad_(True)
+    opt = torch.optim.SGD([a, B], lr=step)
+    steps, values = [0], []
+    with torch.no_grad():
+        values.append(_risk(a, B, x, y, activation))
+    last = (a.detach().clone(), B.detach().clone())
+    diverged = False
+    for k in range(n_steps):
+        opt.zero_grad(set_to_none=True)
+        _risk(a, B, x, y, activation).backward()
+        opt.step()
+        if (k + 1) % record_every == 0 or k + 1 == n_steps:
+            with torch.no_grad():
+                value = _risk(a, B, x, y, activation)
+                if not bool(torch.isfinite(value)):
+                    diverged = True
+                    break
+                steps.append(k + 1)
+                values.append(value)
+                last = (a.detach().clone(), B.detach().clone())
+    return TwoLayerRun(a=last[0], B=last[1], steps=torch.tensor(steps, dtype=torch.int64),
+                       risk=torch.stack(values).detach(), diverged=diverged)
