@@ -1,0 +1,224 @@
+"""Tests of mflib.meanfield: closed forms against autograd and Monte Carlo,
+training engine, diagnostics, validation."""
+
+import math
+
+import pytest
+import torch
+
+import mflib
+from mflib import meanfield as mfm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _setup(d=4, m=6, k=3, seed=0, bias=False, dtype=torch.float64):
+    g = mflib.generator(seed)
+    th = mfm.init_particles(m, d, bias=bias, init="sphere", generator=g, dtype=dtype)
+    te = mfm.init_particles(k, d, bias=bias, out_weight="sign", generator=g, dtype=dtype)
+    return th, te, g
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("scaling", ["mf", "lazy"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_grad_matches_autograd(activation, scaling, bias):
+    th, te, g = _setup(bias=bias)
+    x, y = mfm.gaussian_teacher_data(te, 50, activation=activation, bias=bias, generator=g)
+    t = th.clone().requires_grad_()
+    mfm.empirical_risk(t, x, y, activation=activation, scaling=scaling).backward()
+    gr, risk = mfm.grad(th, x, y, activation=activation, scaling=scaling)
+    torch.testing.assert_close(gr, t.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(risk, mfm.empirical_risk(th, x, y, activation=activation,
+                                                        scaling=scaling))
+
+
+def test_forward_scalings():
+    th, te, g = _setup(m=9)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    raw = torch.relu(x @ th[:, 1:].T) @ th[:, 0]
+    torch.testing.assert_close(mfm.forward(th, x), raw / 9)
+    torch.testing.assert_close(mfm.forward(th, x, scaling="lazy"), raw / 3)
+
+
+@pytest.mark.parametrize("scaling", ["mf", "lazy"])
+def test_population_risk_and_grad_against_monte_carlo(scaling):
+    """The exact population gradient agrees with a 10^6-sample MC estimate
+    within 4 of its standard errors, coordinate by coordinate."""
+    th, te, g = _setup(d=5, m=7, k=3, seed=1)
+    gr, risk = mfm.population_grad(th, te, scaling=scaling)
+    torch.testing.assert_close(risk, mfm.population_risk(th, te, scaling=scaling))
+    n, chunks = 10 ** 6, 100
+    per = []  # per-sample gradients are too big: use chunk means (i.i.d.) for the standard error
+    risks = []
+    for _ in range(chunks):
+        x, y = mfm.gaussian_teacher_data(te, n // chunks, generator=g)
+        gc, rc = mfm.grad(th, x, y, scaling=scaling)
+        per.append(gc)
+        risks.append(rc)
+    per = torch.stack(per)
+    mc = per.mean(0)
+    se = per.std(0) / math.sqrt(chunks)
+    assert bool(((gr - mc).abs() <= 4 * se + 1e-12).all()), ((gr - mc).abs() / se).max()
+    risks = torch.stack(risks)
+    assert abs(risk - risks.mean()) <= 4 * risks.std() / math.sqrt(chunks)
+
+
+def test_population_grad_matches_finite_differences():
+    th, te, _ = _setup(d=3, m=4, k=2, seed=2)
+    gr, _ = mfm.population_grad(th, te)
+    eps = 1e-6
+    fd = torch.zeros_like(th)
+    for i in range(th.shape[0]):
+        for j in range(th.shape[1]):
+            e = torch.zeros_like(th)
+            e[i, j] = eps
+            fd[i, j] = (mfm.population_risk(th + e, te) - mfm.population_risk(th - e, te)) / (2 * eps)
+    torch.testing.assert_close(gr, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_population_risk_zero_at_teacher_and_chunking():
+    _, te, _ = _setup(k=3)
+    th = torch.cat([te, te], 0)  # the teacher duplicated is the same measure
+    assert abs(mfm.population_risk(th, te).item()) < 1e-12
+    th2, te2, _ = _setup(m=50, k=3, seed=3)
+    torch.testing.assert_close(mfm.population_risk(th2, te2, chunk=7), mfm.population_risk(th2, te2))
+
+
+def test_population_flow_decreases_and_records():
+    th, te, _ = _setup(d=5, m=20, k=2, seed=4)
+    tr = mfm.train(th, steps=200, lr=1.0, method="population", teacher=te, record=[0, 50, 200])
+    assert not tr.diverged
+    assert tr.steps.tolist() == [0, 50, 200]
+    assert tr.thetas.shape == (3, 20, 6)
+    assert tr.risk[-1] < 0.5 * tr.risk[0]
+    torch.testing.assert_close(tr.thetas[0], th)
+    torch.testing.assert_close(tr.theta, tr.thetas[-1])
+    torch.testing.assert_close(tr.times, torch.tensor([0.0, 50.0, 200.0], dtype=torch.float64))
+
+
+def test_population_flow_matches_sgd_with_many_samples():
+    """Online SGD with huge batches follows the population flow."""
+    th, te, _ = _setup(d=3, m=10, k=2, seed=5)
+    a = mfm.train(th, steps=30, lr=0.5, method="population", teacher=te)
+    b = mfm.train(th, steps=30, lr=0.5, method="sgd", teacher=te, batch=100_000,
+                  generator=mflib.generator(0))
+    assert (a.theta - b.theta).abs().max() < 0.05
+
+
+def test_sgd_on_finite_data_and_reg_and_float32():
+    th, te, g = _setup(d=3, m=30, k=2, seed=6, dtype=torch.float32)
+    x, y = mfm.gaussian_teacher_data(te, 64, generator=g)
+    for reg in ("l2", "path"):
+        tr = mfm.train(th, steps=100, lr=0.5, method="sgd", x=x, y=y, batch=16, reg=reg,
+                       lam=1e-3, record=5, generator=mflib.generator(1))
+        assert tr.theta.dtype == torch.float32 and not tr.diverged
+        assert tr.risk.shape[0] == tr.steps.shape[0] >= 2
+
+
+def test_weight_decay_shrinks_without_data_signal():
+    th, _, _ = _setup(m=5)
+    x = torch.randn(10, 4, dtype=torch.float64)
+    y = torch.zeros(10, dtype=torch.float64)
+    tr = mfm.train(th, steps=100, lr=0.1, method="gd", x=x, y=y, reg="l2", lam=1.0)
+    assert tr.theta.norm() < th.norm() * 0.5
+
+
+def test_balance_conserved_by_relu_flow():
+    """a^2 - |w|^2 is conserved by the gradient flow of a 2-homogeneous unit."""
+    th, te, _ = _setup(d=3, m=8, k=2, seed=7)
+    tr = mfm.train(th, steps=2000, lr=1e-3, method="population", teacher=te)
+    bal0 = th[:, 0] ** 2 - (th[:, 1:] ** 2).sum(1)
+    bal1 = tr.theta[:, 0] ** 2 - (tr.theta[:, 1:] ** 2).sum(1)
+    assert (bal1 - bal0).abs().max() < 1e-2
+
+
+def test_divergence_is_reported_not_nan():
+    th, te, g = _setup(m=10, seed=8)
+    x, y = mfm.gaussian_teacher_data(te, 32, generator=g)
+    tr = mfm.train(th, steps=300, lr=1e6, method="gd", x=x, y=y, record=list(range(0, 301, 10)))
+    assert tr.diverged
+    assert bool(torch.isfinite(tr.theta).all()) and bool(torch.isfinite(tr.risk).all())
+    assert tr.steps.numel() == tr.risk.numel() >= 1
+    with pytest.raises(mflib.Diverged):
+        mfm.train(th, steps=300, lr=1e6, method="gd", x=x, y=y, on_diverge="raise")
+
+
+def test_relative_scale_and_displacement():
+    th, te, g = _setup(d=3, m=40, seed=9)
+    x, y = mfm.gaussian_teacher_data(te, 20, generator=g)
+    rs = mfm.relative_scale(th, x, y)
+    assert rs["jac"] > 0 and rs["hess"] > 0 and rs["kappa"] > 0
+    # Jacobian norm agrees with the autograd Jacobian
+    jac = torch.autograd.functional.jacobian(lambda t: mfm.forward(t, x), th).reshape(20, -1)
+    lam = torch.linalg.eigvalsh(jac @ jac.T / 20)[-1].sqrt().item()
+    assert abs(lam - rs["jac"]) < 1e-8
+    assert mfm.rms_displacement(th, th) == 0.0
+    assert abs(mfm.rms_displacement(th, th + 1.0) - 2.0) < 1e-12
+
+
+def test_fit_slope_and_kernel():
+    assert abs(mfm.fit_slope([1, 10, 100], [3.0, 0.3, 0.03]) + 1) < 1e-12
+    x = torch.randn(6, 3, dtype=torch.float64, generator=mflib.generator(0))
+    k = mfm.relu_kernel(x, kind="nngp")
+    assert torch.allclose(torch.diagonal(k), (x * x).sum(1) / 6)  # |x|^2 kappa1(0) / d = |x|^2/(2d)
+    # NTK of the lazy network at large width, by Monte Carlo
+    th = mfm.init_particles(100_000, 3, generator=mflib.generator(1))
+    jac = torch.autograd.functional.jacobian(lambda t: mfm.forward(t, x[:2], scaling="lazy"), th)
+    emp = torch.einsum("imp,jmp->ij", jac, jac)
+    torch.testing.assert_close(emp, mfm.relu_kernel(x[:2]), rtol=0.03, atol=0.01)
+
+
+def test_init_variants():
+    c = mfm.init_particles(8, 1, bias=True, init="circle", radius=2.0)
+    assert torch.allclose(c[:, 1:].norm(dim=1), torch.full((8,), 2.0, dtype=torch.float64))
+    s = mfm.init_particles(8, 4, init="sphere", radius=3.0)
+    assert torch.allclose(s.norm(dim=1), torch.full((8,), 3.0, dtype=torch.float64))
+    z = mfm.init_particles(8, 4, out_weight="zero", bias=True)
+    assert z.shape == (8, 6) and bool((z[:, 0] == 0).all())
+    a = mfm.init_particles(5, 2, generator=mflib.generator(3))
+    b = mfm.init_particles(5, 2, generator=mflib.generator(3))
+    assert torch.equal(a, b)
+
+
+def test_bad_inputs():
+    th, te, g = _setup()
+    x, y = mfm.gaussian_teacher_data(te, 10, generator=g)
+    with pytest.raises(ValueError, match="m"):
+        mfm.init_particles(0, 3)
+    with pytest.raises(TypeError, match="m"):
+        mfm.init_particles(2.5, 3)
+    with pytest.raises(ValueError, match="theta"):
+        mfm.forward(th[:, :3], x)
+    with pytest.raises(ValueError, match="x and y"):
+        mfm.grad(th, x, y[:5])
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        mfm.train(th, steps=1, lr=0.1, x=bad, y=y)
+    with pytest.raises(ValueError, match="lr"):
+        mfm.train(th, steps=1, lr=-1.0, x=x, y=y)
+    with pytest.raises(ValueError, match="scaling"):
+        mfm.forward(th, x, scaling="ntk")
+    with pytest.raises(ValueError, match="activation"):
+        mfm.forward(th, x, activation="tanh")
+    with pytest.raises(ValueError, match="teacher"):
+        mfm.train(th, steps=1, lr=0.1, method="population")
+    with pytest.raises(ValueError, match="relu"):
+        mfm.train(th, steps=1, lr=0.1, method="population", teacher=te, activation="sigmoid")
+    with pytest.raises(ValueError, match="teacher"):
+        mfm.population_risk(th, te[:, :3])
+    with pytest.raises(TypeError, match="x"):
+        mfm.forward(th, x.numpy())
+    with pytest.raises(ValueError, match="dtype"):
+        mfm.forward(th, x.float())
+    with pytest.raises(ValueError, match="record"):
+        mfm.train(th, steps=5, lr=0.1, x=x, y=y, record=[0, 9])
+    with pytest.raises(ValueError, match="theta0 and theta1"):
+        mfm.rms_displacement(th, th[:3])
