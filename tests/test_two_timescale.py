@@ -1,0 +1,198 @@
+"""Tests of mflib.two_timescale (Marion & Berthier 2023)."""
+
+import math
+
+import pytest
+import torch
+
+import mflib
+from mflib import two_timescale as tt
+
+ETA = 4e-3
+T = tt.paper_target()
+D = torch.float64
+
+
+def _state(seed=0, B=2, m=20):
+    g = mflib.generator(seed)
+    u = tt.init_positions(m, T, batch=B, generator=g)
+    a = torch.randn(B, m + 1, generator=g, dtype=D)
+    return a, u
+
+
+def _dense_integral(fun, n=200_001):
+    # trapezoid rule: O(1/n) error at the jumps of f*, O(1/n^2) elsewhere
+    x = torch.linspace(0, 1, n, dtype=D)
+    y = fun(x)
+    return torch.trapezoid(y, x, dim=-1)
+
+
+# ------------------------------------------------------------------ activation
+
+
+def test_smooth_step_values_and_derivative():
+    z = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 2.0], dtype=D)
+    assert torch.allclose(tt.smooth_step(z), torch.tensor([0, 0, 4 * 0.25 ** 3, 0.5, 1 - 4 * 0.25 ** 3, 1, 1], dtype=D))
+    zz = torch.linspace(-0.7, 0.7, 1401, dtype=D).requires_grad_()
+    (g,) = torch.autograd.grad(tt.smooth_step(zz).sum(), zz)
+    assert torch.allclose(g, tt.smooth_step_grad(zz.detach()), atol=1e-12)
+    # C^1, integral of the derivative is 1, and sigma(z) + sigma(-z) = 1
+    assert float(tt.smooth_step_grad(torch.tensor([-0.5, 0.5], dtype=D)).abs().max()) == 0.0
+    x = torch.linspace(-0.5, 0.5, 100_001, dtype=D)
+    assert abs(float(torch.trapezoid(tt.smooth_step_grad(x), x)) - 1) < 1e-9
+    assert torch.allclose(tt.smooth_step(x) + tt.smooth_step(-x), torch.ones_like(x))
+
+
+# ------------------------------------------------------------------ exact population risk
+
+
+def test_population_loss_matches_dense_quadrature():
+    a, u = _state(1)
+    loss = tt.population_loss_grad(a, u, T, ETA, grad=False)
+    dense = _dense_integral(lambda x: (tt.network(x, a, u, ETA) - T(x)) ** 2)
+    assert torch.allclose(loss, dense, rtol=5e-5)
+
+
+def test_population_gradient_matches_autograd_and_dense_quadrature():
+    a, u = _state(2)
+    a = a.clone().requires_grad_()
+    u = u.clone().requires_grad_()
+    loss, ga, gu = tt.population_loss_grad(a, u, T, ETA)
+    ga2, gu2 = torch.autograd.grad(tt.population_loss_grad(a, u, T, ETA, grad=False).sum(), (a, u))
+    assert torch.allclose(ga, ga2, atol=1e-10) and torch.allclose(gu, gu2, atol=1e-9)
+    # the dense (trapezoid) integral of the network, differentiated by autograd
+    dense = _dense_integral(lambda x: (tt.network(x, a, u, ETA) - T(x)) ** 2).sum()
+    ga3, gu3 = torch.autograd.grad(dense, (a, u))
+    assert torch.allclose(ga, ga3, rtol=1e-4, atol=5e-4)
+    assert torch.allclose(gu, gu3, rtol=1e-4, atol=5e-3)
+
+
+def test_floor_and_optimal_outer():
+    u = T.jumps[None].clone()
+    a = torch.cat([T.values[:1], T.heights])[None]
+    loss = tt.population_loss_grad(a, u, T, ETA, grad=False)
+    assert math.isclose(float(loss), tt.step_floor(T, ETA), rel_tol=1e-10)
+    assert math.isclose(tt.step_floor(T, ETA), ETA * 56 / 28)
+    _, u = _state(3)
+    a_star = tt.optimal_outer(u, T, ETA)
+    _, ga, _ = tt.population_loss_grad(a_star, u, T, ETA)
+    assert float(ga.abs().max()) < 1e-8
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_heaviside_limit_closes_gaps_and_moves_only_flanking_neurons():
+    u0 = torch.tensor([[0.05, 0.15, 0.25, 0.3, 0.4, 0.45, 0.55, 0.6, 0.7, 0.75, 0.85, 0.95]], dtype=D)
+    res = tt.heaviside_limit(u0, T, 0.05, n_steps=2000)
+    final = res.u[0, -1]
+    assert float(tt.jump_distance(final, T).max()) == 0.0
+    assert float(res.loss[0, -1]) < 1e-12
+    moved = (final - u0[0]).abs() > 0
+    # flanking neurons: 0.15|0.2|0.25, 0.3|0.35|0.4, 0.45|0.5|0.55, 0.6|0.65|0.7, 0.75|0.8|0.85
+    flanking = torch.tensor([False, True, True, True, True, True, True, True, True, True, True, False])
+    assert torch.equal(moved, flanking)
+    # initial velocities: (J d_R / (d_L + d_R))^2 towards the jump at 0.2 (J = 4, d_L = d_R = 0.05)
+    step = res.u[0, 1] - u0[0]
+    dtau = float(res.tau[1])
+    assert math.isclose(float(step[1]) / dtau, 4.0, rel_tol=1e-9)
+    assert math.isclose(float(step[2]) / dtau, -4.0, rel_tol=1e-9)
+    assert float(step[0]) == 0.0 and float(step[11]) == 0.0
+    # the loss decreases
+    assert bool((res.loss[0, 1:] <= res.loss[0, :-1] + 1e-12).all())
+
+
+def test_small_eps_follows_the_limits_and_reaches_the_floor():
+    u0 = tt.init_positions(20, T, generator=mflib.generator(0))
+    a0 = torch.zeros(1, 21, dtype=D)
+    pop = tt.train_population(a0, u0, T, ETA, 2e-5, 0.035, n_records=36)
+    lim = tt.train_limit(u0, T, ETA, 0.035, n_records=36)
+    hv = tt.heaviside_limit(u0, T, 0.035, n_steps=700, n_records=36)
+    assert float(tt.jump_distance(pop.u[0, -1], T).max()) < 1e-3
+    assert float(pop.loss[0, -1]) < 1.5 * tt.step_floor(T, ETA)
+    assert float((pop.u - lim.u).abs().max()) < 3 * ETA   # finite-eps lag of a
+    assert float((lim.u - hv.u).abs().max()) < ETA
+    assert not bool(pop.diverged.any())
+
+
+# ------------------------------------------------------------------ SGD
+
+
+def test_sgd_mean_step_is_the_population_gradient():
+    a, u = _state(4, B=1)
+    eta = 0.1        # wide steps: many samples fall in the windows, so the CLT applies
+    R = 4_000
+    A, U = a.expand(R, -1).contiguous(), u.expand(R, -1).contiguous()
+    h, eps = 1e-3, 0.5
+    res = tt.train_sgd(A, U, T, eta, eps, h, 1, generator=mflib.generator(5), n_records=2)
+    _, ga, gu = tt.population_loss_grad(a, u, T, eta)
+    mean_ga = (A - res.a).mean(0) / h
+    se = ((A - res.a) / h).std(0) / math.sqrt(R)
+    assert bool(((mean_ga - ga[0]).abs() < 5 * se + 1e-9).all())
+    mean_gu = (U - res.u[:, -1]).mean(0) / (h * eps)
+    se_u = ((U - res.u[:, -1]) / (h * eps)).std(0) / math.sqrt(R)
+    assert bool(((mean_gu - gu[0]).abs() < 5 * se_u + 1e-9).all())
+
+
+def test_divergence_is_reported_not_nan():
+    a, u = _state(6)
+    res = tt.train_sgd(a, u, T, ETA, 1.0, 1e3, 50, generator=mflib.generator(0), n_records=11)
+    assert bool(res.diverged.all())
+    assert bool(torch.isfinite(res.u).all()) and bool(torch.isfinite(res.loss).all())
+    big = torch.full_like(a, 1e200)
+    pop = tt.train_population(big, u, T, ETA, 1.0, 0.01, n_records=3)
+    assert bool(pop.diverged.all())
+    assert bool(torch.isfinite(pop.u).all()) and bool(torch.isfinite(pop.a).all())
+
+
+# ------------------------------------------------------------------ fixed-sample experiments
+
+
+def test_fixed_sample_gd_runs_and_decreases():
+    X, y = tt.additive_step_problem(2, 200, generator=mflib.generator(0))
+    assert X.shape == (200, 2) and float(y.max()) <= 6
+    r = tt.train_fixed_sample(X, y, units=5, activation="step", lr_a=1.0, lr_u=0.01, epochs=50,
+                              runs=3, generator=mflib.generator(1))
+    assert r.u.shape == (3, 5, 2) and bool((r.history[:, -1] < r.history[:, 0]).all())
+    X, y = tt.relu_teacher_problem(100, generator=mflib.generator(0))
+    r = tt.train_fixed_sample(X, y, units=4, activation="relu", lr_a=1.0, lr_u=1.0, epochs=20,
+                              runs=2, generator=mflib.generator(1))
+    assert r.rmse.shape == (2,)
+
+
+# ------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("call, exc, word", [
+    (lambda: tt.init_positions(0, T, generator=mflib.generator(0)), ValueError, "m"),
+    (lambda: tt.init_positions(2.5, T, generator=mflib.generator(0)), TypeError, "m"),
+    (lambda: tt.init_positions(20, T, generator=0), TypeError, "generator"),
+    (lambda: tt.init_positions(5, T, generator=mflib.generator(0)), ValueError, "m"),
+    (lambda: tt.population_loss_grad(torch.zeros(21, dtype=D), torch.zeros(20, dtype=D), T, 0.0), ValueError, "eta"),
+    (lambda: tt.population_loss_grad(torch.zeros(21, dtype=D), torch.zeros(20, dtype=D), T, -1), ValueError, "eta"),
+    (lambda: tt.population_loss_grad(torch.zeros(20, dtype=D), torch.zeros(20, dtype=D), T, ETA), ValueError, "a"),
+    (lambda: tt.population_loss_grad(torch.zeros(21, dtype=D), torch.full((20,), math.nan, dtype=D), T, ETA), ValueError, "u"),
+    (lambda: tt.population_loss_grad(torch.zeros(21, dtype=D), [0.1] * 20, T, ETA), TypeError, "u"),
+    (lambda: tt.population_loss_grad(torch.zeros(21, dtype=D), torch.zeros(20, dtype=D), "T", ETA), TypeError, "target"),
+    (lambda: tt.StepTarget(torch.tensor([0.5, 0.2], dtype=D), torch.ones(3, dtype=D)), ValueError, "jumps"),
+    (lambda: tt.StepTarget(torch.tensor([0.2, 1.5], dtype=D), torch.ones(3, dtype=D)), ValueError, "jumps"),
+    (lambda: tt.StepTarget(torch.tensor([0.2, 0.5], dtype=D), torch.ones(2, dtype=D)), ValueError, "values"),
+    (lambda: tt.StepTarget(torch.tensor([0.2, math.inf], dtype=D), torch.ones(3, dtype=D)), ValueError, "jumps"),
+    (lambda: tt.train_population(torch.zeros(21, dtype=D), torch.zeros(20, dtype=D), T, ETA, 0.0, 1.0), ValueError, "eps"),
+    (lambda: tt.train_population(torch.zeros(21, dtype=D), torch.zeros(20, dtype=D), T, ETA, 1.0, -1.0), ValueError, "tau_max"),
+    (lambda: tt.train_sgd(torch.zeros(21, dtype=D), torch.zeros(20, dtype=D), T, ETA, 1.0, 0.0, 10, generator=mflib.generator(0)), ValueError, "h"),
+    (lambda: tt.heaviside_limit(torch.tensor([0.5, 0.1], dtype=D), T, 1.0), ValueError, "sorted"),
+    (lambda: tt.train_fixed_sample(torch.zeros(3, 1), torch.zeros(3), units=2, activation="tanh", lr_a=1.0, lr_u=1.0, epochs=1, runs=1, generator=mflib.generator(0)), ValueError, "activation"),
+])
+def test_bad_inputs(call, exc, word):
+    with pytest.raises(exc, match=word):
+        call()
+
+
+def test_heaviside_limit_without_two_neurons_per_piece_can_miss_a_jump():
+    target = tt.StepTarget(torch.tensor([0.3, 0.6], dtype=D), torch.tensor([0.0, 1.0, 0.0], dtype=D))
+    good = tt.heaviside_limit(torch.tensor([0.45, 0.9, 0.95], dtype=D), target, 5.0, n_steps=5000)
+    bad = tt.heaviside_limit(torch.tensor([0.5, 0.9, 0.95], dtype=D), target, 5.0, n_steps=5000)
+    assert float(good.loss[0, -1]) < 1e-12
+    assert math.isclose(float(bad.loss[0, -1]), 0.15, rel_tol=1e-9)
+    assert float(tt.jump_distance(bad.u[0, -1], target)[0]) > 0.2
