@@ -2,8 +2,9 @@
 
 * Quick mode: every test, and every notebook kernel that nbval starts,
   sees ``MFLIB_QUICK=1`` and ``MFLIB_QUIET=1``.
-* Notebooks: nbval collects only ``.ipynb`` files; the lectures are Jupytext
-  MyST Markdown files, so ``lectures/*.md`` are read with ``jupytext.read``
+* Notebooks: nbval collects only ``.ipynb`` files; the lectures (and the
+  computed pages of ``book/``) are Jupytext MyST Markdown files, so they are
+  read with ``jupytext.read``
   and handed to nbval as notebooks (no ``.ipynb`` is ever written).
 * ``gpu`` tests are skipped where CUDA is absent.
 """
@@ -24,7 +25,8 @@ import pytest  # noqa: E402
 
 
 def _is_lecture(file_path) -> bool:
-    return (file_path.suffix == ".md" and file_path.parent.name == "lectures"
+    """A Jupytext MyST notebook: a lecture, or a computed page of the book."""
+    return (file_path.suffix == ".md" and "_build" not in file_path.parts
             and file_path.read_text(encoding="utf-8").startswith("---\njupytext:"))
 
 

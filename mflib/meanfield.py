@@ -64,9 +64,16 @@ REGS = ("none", "l2", "path")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _alpha(m: int, scaling: str) -> float:
-    _checks.choice(scaling, "scaling", SCALINGS)
-    return 1.0 / m if scaling == "mf" else 1.0 / math.sqrt(m)
+def _alpha(m: int, scaling) -> float:
+    """Output scale :math:`\alpha(m) = m^{-\beta}`: ``"mf"`` is :math:`\beta = 1`,
+    ``"lazy"`` is :math:`\beta = 1/2`, and a number in :math:`[1/2, 1]` is the
+    exponent itself (the knob that moves from one regime to the other)."""
+    if isinstance(scaling, str):
+        _checks.choice(scaling, "scaling", SCALINGS)
+        beta = 1.0 if scaling == "mf" else 0.5
+    else:
+        beta = _checks.real(scaling, "scaling", minimum=0.5, maximum=1.0)
+    return float(m) ** (-beta)
 
 
 def _theta(theta, name="theta") -> torch.Tensor:
@@ -177,8 +184,9 @@ def forward(theta: torch.Tensor, x: torch.Tensor, *, activation: str = "relu",
         Inputs, shape ``(n, d)`` with ``p = d`` or ``p = d + 1`` (bias).
     activation : str
         ``"relu"`` or ``"sigmoid"``.
-    scaling : str
-        ``"mf"`` (:math:`\alpha = 1/m`) or ``"lazy"`` (:math:`\alpha = 1/\sqrt m`).
+    scaling : str or float
+        ``"mf"`` (:math:`\alpha = 1/m`), ``"lazy"`` (:math:`\alpha = 1/\sqrt m`),
+        or an exponent :math:`\beta\in[1/2, 1]` for :math:`\alpha = m^{-\beta}`.
 
     Returns
     -------
@@ -476,8 +484,8 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     activation, teacher_activation : str
         Units of the student and of the teacher, ``"relu"`` or ``"sigmoid"``
         (default for the teacher: the student's).
-    scaling : str
-        ``"mf"`` or ``"lazy"``, see :func:`forward`.
+    scaling : str or float
+        ``"mf"``, ``"lazy"`` or an exponent in :math:`[1/2, 1]`, see :func:`forward`.
     batch : int
         Mini-batch size for ``"sgd"``.
     bias : bool

@@ -222,3 +222,16 @@ def test_bad_inputs():
         mfm.train(th, steps=5, lr=0.1, x=x, y=y, record=[0, 9])
     with pytest.raises(ValueError, match="theta0 and theta1"):
         mfm.rms_displacement(th, th[:3])
+
+
+def test_scaling_exponent_interpolates_mf_and_lazy():
+    th = mfm.init_particles(16, 3, generator=mflib.generator(0))
+    x = torch.randn(5, 3, dtype=torch.float64, generator=mflib.generator(1))
+    assert torch.allclose(mfm.forward(th, x, scaling=1.0), mfm.forward(th, x, scaling="mf"))
+    assert torch.allclose(mfm.forward(th, x, scaling=0.5), mfm.forward(th, x, scaling="lazy"))
+    mid = mfm.forward(th, x, scaling=0.75)
+    assert torch.allclose(mid, mfm.forward(th, x, scaling="mf") * 16 ** 0.25)
+    with pytest.raises(ValueError, match="scaling"):
+        mfm.forward(th, x, scaling=0.2)
+    with pytest.raises(ValueError, match="scaling"):
+        mfm.forward(th, x, scaling="ntk")
