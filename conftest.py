@@ -61,6 +61,16 @@ except ImportError:  # pragma: no cover - nbval is a test requirement
     JupytextNotebook = None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use tiny tensors: one intra-op thread per worker is much faster
+    than two competing ones on a shared two-core machine."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

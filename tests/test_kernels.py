@@ -15,13 +15,6 @@ REF = pathlib.Path(__file__).with_name("data") / "nt_reference.npz"
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny kernels: a second intra-op thread only adds contention on a shared 2-core box
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _x(n, d, seed=0, dtype=F64):

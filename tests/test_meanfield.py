@@ -10,12 +10,6 @@ import mflib
 from mflib import meanfield as mfm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _setup(d=4, m=6, k=3, seed=0, bias=False, dtype=torch.float64):

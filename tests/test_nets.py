@@ -14,12 +14,6 @@ from mflib.nets import ACTIVATIONS, MLP
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _gen(seed=0):
