@@ -1,0 +1,797 @@
+r"""Lazy training: teacher--student data, symmetrised initialisation, training
+of a rescaled model :math:`\alpha h` and of its tangent model, and the relative
+scale criterion of Chizat, Oyallon & Bach (2019).
+
+A model is handled in functional form, ``fn(params, x)``, where ``params`` is a
+dict of tensors (as in ``torch.func.functional_call``) and the output has
+shape ``(n,)`` (scalar model) or ``(n, k)`` (``k`` outputs).  For a
+``torch.nn.Module`` use :func:`as_function`; the tangent model of a module is
+:class:`mflib.gp.Linearized`.
+
+Lazy training through rescaling.  For a model :math:`h` with
+:math:`h(w_0) = 0` and the square loss
+:math:`R(f) = \frac{1}{2n}\sum_i \lVert f(x_i) - y_i\rVert^2`, gradient descent on
+
+.. math::
+
+   F_\alpha(w) = \frac{1}{\alpha^2} R\bigl(\alpha h(w)\bigr)
+
+and on the same objective with :math:`h` replaced by its tangent model
+:math:`\bar h(w) = h(w_0) + Dh(w_0)(w - w_0)` learn the same predictor
+:math:`\alpha h` up to :math:`O(1/\alpha)`, while the parameters move by
+:math:`O(1/\alpha)` (Chizat, Oyallon & Bach, 2019, Section 2).  The
+rescaling by :math:`1/\alpha^2` makes the function-space dynamics of the
+tangent model independent of :math:`\alpha`, so that one step size serves
+every :math:`\alpha`.
+
+The criterion (same paper, Section 2) is
+
+.. math::
+
+   \kappa_h(w_0) = \frac{\lVert h(w_0) - y\rVert}{\lVert Dh(w_0)\rVert}
+                   \cdot \frac{\lVert D^2 h(w_0)\rVert}{\lVert Dh(w_0)\rVert},
+
+with the empirical norm :math:`\lVert g\rVert^2 = \frac1n\sum_i g(x_i)^2`
+on the outputs, the operator norm of :math:`Dh(w_0)\colon \mathbb R^p \to
+L^2(\hat\rho_n)` and that of the symmetric bilinear map :math:`D^2h(w_0)`;
+lazy training occurs when :math:`\kappa \ll 1`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import functional_call, grad, jvp, vjp
+
+from mflib import _checks
+from mflib.config import DTYPE, generator as _generator
+
+__all__ = [
+    "TeacherStudent", "sphere", "teacher_student", "two_layer", "two_layer_init",
+    "TwoLayer", "as_function", "centred", "TrainResult", "train", "displacement",
+    "rms", "jacobian_norm", "hessian_norm", "Kappa", "relative_scale", "fit_slope",
+    "Digits", "digits", "small_cnn", "accuracy",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _gen(generator, seed):
+    if generator is not None and seed is not None:
+        raise ValueError("give generator or seed, not both")
+    if generator is None:
+        return _generator(0 if seed is None else seed)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return generator
+
+
+def _device(device):
+    if device is None:
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device, got {device!r}") from err
+
+
+def _dtype(dtype):
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
+def _params(params, name="params"):
+    if not isinstance(params, dict) or not params:
+        raise TypeError(f"{name} must be a non-empty dict of tensors, got {type(params).__name__}")
+    for k, v in params.items():
+        _checks.tensor(v, f"{name}[{k!r}]")
+    return params
+
+
+def _fn(fn):
+    if not callable(fn):
+        raise TypeError(f"fn must be callable fn(params, x), got {type(fn).__name__}")
+    return fn
+
+
+def _dot(u, v):
+    return sum((u[k] * v[k]).sum() for k in u)
+
+
+def _norm(u):
+    return torch.sqrt(_dot(u, u))
+
+
+def _scale(u, s):
+    return {k: v * s for k, v in u.items()}
+
+
+def _random_like(params, gen):
+    return {k: torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)
+            for k, v in params.items()}
+
+
+def _detach(params):
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class TeacherStudent:
+    r"""Teacher--student regression data on the unit sphere :math:`S^{d-1}`.
+
+    Attributes
+    ----------
+    x_train, x_test : torch.Tensor
+        Inputs, shapes ``(n_train, d)`` and ``(n_test, d)``, unit norm.
+    y_train, y_test : torch.Tensor
+        Labels :math:`y = \sum_k b^*_k \,\mathrm{relu}(a^*_k\cdot x)`.
+    teacher_a : torch.Tensor
+        Teacher's input weights, shape ``(k, d)``, unit rows.
+    teacher_b : torch.Tensor
+        Teacher's output weights, shape ``(k,)``, entries :math:`\pm 1`.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    teacher_a: torch.Tensor
+    teacher_b: torch.Tensor
+
+
+def sphere(n, d, *, generator=None, seed=None, dtype=DTYPE, device=None) -> torch.Tensor:
+    """Draw ``n`` points uniformly on the unit sphere of :math:`\\mathbb R^d`.
+
+    Drawn on the CPU from ``generator`` (or a fresh one seeded with ``seed``)
+    and moved to ``device``; returns shape ``(n, d)``.
+    """
+    n = _checks.integer(n, "n", minimum=1)
+    d = _checks.integer(d, "d", minimum=1)
+    gen = _gen(generator, seed)
+    z = torch.randn(n, d, generator=gen, dtype=_dtype(dtype))
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return z.to(_device(device))
+
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
+                "softplus": torch.nn.functional.softplus}
+
+
+def two_layer(params: dict, x: torch.Tensor, *, scale: float = 1.0,
+              activation: str = "relu") -> torch.Tensor:
+    r"""Two-layer network :math:`h(w, x) = s\sum_{j=1}^m b_j\,\sigma(a_j\cdot x)`.
+
+    Parameters
+    ----------
+    params : dict
+        ``{"a": (m, d), "b": (m,)}``.
+    x : torch.Tensor
+        Inputs, shape ``(n, d)``.
+    scale : float
+        The output factor :math:`s`.
+    activation : str
+        :math:`\sigma`: ``"relu"`` (default), ``"tanh"``, ``"gelu"`` or
+        ``"softplus"`` (smooth ones satisfy the Lipschitz-derivative assumption
+        of the lazy-training theorems).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(n,)``.
+    """
+    if not isinstance(params, dict) or "a" not in params or "b" not in params:
+        raise TypeError("params must be a dict with keys 'a' (m, d) and 'b' (m,)")
+    a, b = params["a"], params["b"]
+    if a.ndim != 2 or b.ndim != 1 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"params must hold a of shape (m, d) and b of shape (m,), got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != a.shape[1]:
+        raise ValueError(f"x must be a tensor of shape (n, {a.shape[1]}), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    act = _ACTIVATIONS[_checks.choice(activation, "activation", _ACTIVATIONS)]
+    return scale * (act(x @ a.T) @ b)
+
+
+def teacher_student(n_train: int, n_test: int, *, d: int = 2, n_teacher: int = 3,
+                    generator=None, seed=None, dtype=DTYPE, device=None) -> TeacherStudent:
+    r"""Teacher--student data: inputs uniform on :math:`S^{d-1}`, labels from a
+    teacher :math:`y = \sum_{k=1}^{K} b^*_k\,\mathrm{relu}(a^*_k\cdot x)` with unit
+    neurons :math:`\lVert a^*_k\rVert = 1` and output weights :math:`b^*_k = \pm 1`
+    (alternating signs, starting with :math:`+1`).
+
+    This is the setting of the first numerical illustration of Chizat,
+    Oyallon & Bach (2019), Figure 1.
+
+    Parameters
+    ----------
+    n_train, n_test : int
+        Numbers of training and test points (``n_test`` may be 0).
+    d : int
+        Input dimension (``d = 2``: the circle).
+    n_teacher : int
+        Number :math:`K` of teacher neurons.
+    generator : torch.Generator, optional
+        CPU generator (or ``seed``).
+    dtype, device
+        Of the returned tensors.
+    """
+    n_train = _checks.integer(n_train, "n_train", minimum=1)
+    n_test = _checks.integer(n_test, "n_test", minimum=0)
+    d = _checks.integer(d, "d", minimum=1)
+    n_teacher = _checks.integer(n_teacher, "n_teacher", minimum=1)
+    gen = _gen(generator, seed)
+    dtype = _dtype(dtype)
+    dev = _device(device)
+    ta = sphere(n_teacher, d, generator=gen, dtype=dtype)
+    tb = torch.tensor([(-1.0) ** k for k in range(n_teacher)], dtype=dtype)
+    x = sphere(n_train + n_test, d, generator=gen, dtype=dtype)
+    y = two_layer({"a": ta, "b": tb}, x)
+    return TeacherStudent(x[:n_train].to(dev), y[:n_train].to(dev), x[n_train:].to(dev),
+                          y[n_train:].to(dev), ta.to(dev), tb.to(dev))
+
+
+def two_layer_init(m: int, d: int, *, tau: float = 1.0, symmetric: bool = True, generator=None,
+                   seed=None, dtype=DTYPE, device=None) -> dict:
+    r"""Balanced initialisation of :func:`two_layer`, symmetrised by default.
+
+    Each neuron has :math:`a_j = \tau u_j` with :math:`u_j` uniform on the
+    sphere and :math:`b_j = \pm\tau`, so :math:`\lvert b_j\rvert = \lVert a_j\rVert = \tau`.
+
+    * ``symmetric=True``: the first :math:`m/2` neurons have :math:`b_j = \tau`
+      and the last :math:`m/2` are their copies with :math:`b_j` negated.
+      Hence :math:`h(w_0, \cdot) = 0` up to rounding (the centring assumed by lazy
+      training, Chizat, Oyallon & Bach 2019, Section 2).
+    * ``symmetric=False``: independent neurons with random signs.
+
+    Parameters
+    ----------
+    m : int
+        Number of neurons (even when ``symmetric``).
+    d : int
+        Input dimension.
+    tau : float
+        Initialisation scale :math:`\tau > 0`.
+    symmetric : bool
+        Symmetrised (default) or i.i.d.
+
+    Returns
+    -------
+    dict
+        ``{"a": (m, d), "b": (m,)}``.
+    """
+    m = _checks.integer(m, "m", minimum=1)
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    if symmetric and m % 2:
+        raise ValueError(f"m must be even for a symmetrised initialisation (neurons come in pairs), got {m}")
+    d = _checks.integer(d, "d", minimum=1)
+    tau = _checks.real(tau, "tau", positive=True)
+    gen = _gen(generator, seed)
+    dtype = _dtype(dtype)
+    dev = _device(device)
+    if symmetric:
+        half = sphere(m // 2, d, generator=gen, dtype=dtype)
+        a = torch.cat([half, half])
+        b = torch.cat([torch.ones(m // 2, dtype=dtype), -torch.ones(m // 2, dtype=dtype)])
+    else:
+        a = sphere(m, d, generator=gen, dtype=dtype)
+        b = torch.randint(0, 2, (m,), generator=gen).to(dtype) * 2 - 1
+    return {"a": (tau * a).to(dev), "b": (tau * b).to(dev)}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class TwoLayer(torch.nn.Module):
+    r"""The two-layer network of :func:`two_layer` as a module, initialised by
+    :func:`two_layer_init` (parameters ``a`` and ``b``).
+
+    Parameters
+    ----------
+    m, d : int
+        Neurons and input dimension.
+    tau : float
+        Initialisation scale.
+    symmetric : bool
+        Symmetrised initialisation (:math:`h(w_0) = 0`).
+    scale : float
+        Output factor :math:`s`.
+    activation : str
+        See :func:`two_layer`.
+    seed : int
+        Seed of the initialisation.
+    dtype, device
+        Of the parameters.
+    """
+
+    def __init__(self, m, d, *, tau=1.0, symmetric=True, scale=1.0, activation="relu", seed=0,
+                 dtype=DTYPE, device=None):
+        super().__init__()
+        p = two_layer_init(m, d, tau=tau, symmetric=symmetric, seed=seed, dtype=dtype,
+                           device=device)
+        self.a = torch.nn.Parameter(p["a"])
+        self.b = torch.nn.Parameter(p["b"])
+        self.scale = _checks.real(scale, "scale", positive=True)
+        self.activation = _checks.choice(activation, "activation", _ACTIVATIONS)
+
+    def forward(self, x):
+        """Evaluate on inputs of shape ``(n, d)``; returns shape ``(n,)``."""
+        return two_layer({"a": self.a, "b": self.b}, x, scale=self.scale,
+                         activation=self.activation)
+
+
+def as_function(module: torch.nn.Module):
+    """Functional form of a module: returns ``(fn, params)`` with
+    ``fn(params, x) = functional_call(module, params, (x,))`` (a trailing
+    output dimension of size 1 is squeezed) and ``params`` a detached copy of
+    the module's parameters."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    params = {k: v.detach().clone() for k, v in module.named_parameters()}
+
+    def fn(p, x):
+        out = functional_call(module, p, (x,))
+        return out.squeeze(-1) if out.ndim == 2 and out.shape[1] == 1 else out
+
+    return fn, params
+
+
+def centred(fn, params0: dict):
+    r"""The centred model :math:`h(w, x) - h(w_0, x)`, which vanishes at
+    :math:`w_0` (the alternative to a symmetrised initialisation used by
+    Chizat, Oyallon & Bach (2019) for their convolutional networks)."""
+    fn = _fn(fn)
+    p0 = _detach(_params(params0, "params0"))
+
+    def fc(p, x):
+        with torch.no_grad():
+            base = fn(p0, x)
+        return fn(p, x) - base
+
+    return fc
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class TrainResult:
+    r"""Result of :func:`train`.
+
+    Attributes
+    ----------
+    params : dict
+        Parameters at the last finite step.
+    steps : list of int
+        Steps at which the losses (and, if kept, the parameters) were recorded.
+    train_loss, test_loss : list of float
+        :math:`R(\alpha h)` on the training and test sets (the test list is
+        empty without test data).
+    history : list of dict
+        Parameter snapshots at ``steps`` (only with ``keep_params=True``).
+    diverged : bool
+        True when a non-finite loss stopped the run.
+    """
+
+    params: dict
+    steps: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    test_loss: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    diverged: bool = False
+
+
+def _risk(out, y):
+    diff = out - y
+    if diff.ndim == 1:
+        return 0.5 * (diff ** 2).mean()
+    return 0.5 * (diff ** 2).sum(dim=tuple(range(1, diff.ndim))).mean()
+
+
+def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0,
+          lr: float, steps: int, x_test=None, y_test=None, record_every: int | None = None,
+          keep_params: bool = False, batch_size: int | None = None, generator=None,
+          momentum: float = 0.0) -> TrainResult:
+    r"""Gradient descent on the rescaled objective
+    :math:`F_\alpha(w) = \alpha^{-2} R(\alpha\, h(w))`, with
+    :math:`R(f) = \frac{1}{2n}\sum_i\lVert f(x_i) - y_i\rVert^2`
+    (Chizat, Oyallon & Bach, 2019).
+
+    ``fn`` is the model :math:`h` in functional form: pass :func:`centred` or a
+    symmetrised initialisation for :math:`h(w_0) = 0`, and
+    ``as_function(mflib.gp.Linearized(module))`` for the tangent model.  Steps are made by :class:`torch.optim.SGD`
+    (full batch unless ``batch_size`` is given).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(params, x)`` with output ``(n,)`` or ``(n, k)``.
+    params0 : dict
+        Initial parameters (not modified).
+    x, y : torch.Tensor
+        Training inputs and targets (``y`` shaped like the output).
+    alpha : float
+        Output scale :math:`\alpha > 0`.
+    lr : float
+        Step size :math:`\eta > 0`.
+    steps : int
+        Number of steps.
+    x_test, y_test : torch.Tensor, optional
+        Test data; the test risk :math:`R(\alpha h)` is recorded too.
+    record_every : int, optional
+        Record every that many steps (default: about 100 records).
+    keep_params : bool
+        Keep parameter snapshots at the recorded steps.
+    batch_size : int, optional
+        Mini-batch size for SGD (sampled without replacement each step from
+        ``generator``).
+    generator : torch.Generator, optional
+        CPU generator of the mini-batches (default: seeded with 0).
+    momentum : float
+        Momentum of :class:`torch.optim.SGD`.
+
+    Returns
+    -------
+    TrainResult
+        Losses are those of the model :math:`\alpha h` (not rescaled).  A run
+        whose loss becomes non-finite stops with ``diverged=True`` and the
+        last finite parameters.
+    """
+    fn = _fn(fn)
+    params0 = _params(params0, "params0")
+    x = _checks.tensor(x, "x")
+    y = _checks.tensor(y, "y")
+    _checks.same_rows(x, y, "x", "y")
+    alpha = _checks.real(alpha, "alpha", positive=True)
+    lr = _checks.real(lr, "lr", positive=True)
+    steps = _checks.integer(steps, "steps", minimum=0)
+    momentum = _checks.real(momentum, "momentum", minimum=0.0, maximum=1.0)
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test and y_test must be given together")
+    if x_test is not None:
+        x_test = _checks.tensor(x_test, "x_test")
+        y_test = _checks.tensor(y_test, "y_test")
+        _checks.same_rows(x_test, y_test, "x_test", "y_test")
+    if record_every is None:
+        record_every = max(1, steps // 100)
+    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    n = x.shape[0]
+    if batch_size is not None:
+        batch_size = _checks.integer(batch_size, "batch_size", minimum=1, maximum=n)
+        gen = _gen(generator, None)
+    out0 = fn(params0, x[:1])
+    if out0.shape[1:] != y.shape[1:]:
+        raise ValueError(f"y must have the shape of the model's output, got {tuple(y.shape)} "
+                         f"for outputs of shape (n, {', '.join(map(str, out0.shape[1:]))})")
+
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params0.items()}
+    opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum)
+    res = TrainResult(params=_detach(params))
+    last_good = _detach(params)
+
+    def record(k, train_loss):
+        res.steps.append(k)
+        res.train_loss.append(train_loss)
+        if x_test is not None:
+            with torch.no_grad():
+                res.test_loss.append(float(_risk(alpha * fn(params, x_test), y_test)))
+        if keep_params:
+            res.history.append(_detach(params))
+
+    for k in range(steps + 1):
+        if batch_size is None:
+            xb, yb = x, y
+        else:
+            idx = torch.randperm(n, generator=gen)[:batch_size].to(x.device)
+            xb, yb = x[idx], y[idx]
+        full = _risk(alpha * fn(params, xb), yb)
+        if not bool(torch.isfinite(full)):
+            res.diverged = True
+            break
+        if k % record_every == 0 or k == steps:
+            if batch_size is None:
+                record(k, float(full.detach()))
+            else:
+                with torch.no_grad():
+                    record(k, float(_risk(alpha * fn(params, x), y)))
+        last_good = _detach(params)
+        if k == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        (full / alpha ** 2).backward()
+        opt.step()
+    res.params = last_good
+    return res
+
+
+def displacement(params: dict, params0: dict, *, relative: bool = False) -> float:
+    r"""Parameter displacement :math:`\lVert w - w_0\rVert` (Euclidean norm over all
+    tensors), divided by :math:`\lVert w_0\rVert` when ``relative``."""
+    params = _params(params)
+    params0 = _params(params0, "params0")
+    if set(params) != set(params0):
+        raise ValueError("params and params0 must have the same keys")
+    num = float(_norm({k: params[k] - params0[k] for k in params0}))
+    if relative:
+        den = float(_norm(params0))
+        if den == 0:
+            raise ValueError("params0 is zero: the relative displacement is undefined")
+        return num / den
+    return num
+
+
+def rms(v: torch.Tensor) -> float:
+    r"""Empirical norm :math:`(\frac1n\sum_i \lVert v_i\rVert^2)^{1/2}` of outputs ``v`` of shape ``(n,)`` or ``(n, k)``."""
+    v = _checks.tensor(v, "v")
+    if v.ndim == 0 or v.shape[0] == 0:
+        raise ValueError("v must have at least one row")
+    return float(torch.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1).mean()))
+
+
+# ----------------------------------------------------------------------------- criterion
+
+def _check_scalar_model(fn, params, x):
+    fn = _fn(fn)
+    params = _params(params)
+    x = _checks.tensor(x, "x")
+    out = fn(params, x)
+    if out.ndim != 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"fn must return one value per input row (shape (n,)), got {tuple(out.shape)}")
+    return fn, _detach(params), x, out.detach()
+
+
+def jacobian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 50, generator=None,
+                  seed=None) -> float:
+    r"""Operator norm of :math:`Dh(w)\colon\mathbb R^p\to L^2(\hat\rho_n)`,
+    :math:`\lVert Dh\rVert^2 = \lambda_{\max}(J^\top J)/n`, i.e. the largest
+    eigenvalue of the empirical tangent kernel's Gram matrix divided by
+    :math:`n`.  Matrix-free power iteration (``jvp`` then ``vjp``)."""
+    fn, params, x, _ = _check_scalar_model(fn, params, x)
+    iters = _checks.integer(iters, "iters", minimum=1)
+    gen = _gen(generator, seed)
+    n = x.shape[0]
+    f = lambda p: fn(p, x)  # noqa: E731
+    _, pull = vjp(f, params)
+    u = _random_like(params, gen)
+    u = _scale(u, 1 / _norm(u))
+    lam = torch.zeros((), dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        ju = jvp(f, (params,), (u,))[1]
+        v = pull(ju)[0]
+        lam = _norm(v)
+        if lam == 0:
+            return 0.0
+        u = _scale(v, 1 / lam)
+    return float(torch.sqrt(lam / n))
+
+
+def hessian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 20, rounds: int = 4,
+                 restarts: int = 3, generator=None, seed=None) -> float:
+    r"""Estimate the operator norm of the second derivative :math:`D^2h(w)`, a
+    symmetric bilinear map :math:`\mathbb R^p\times\mathbb R^p\to L^2(\hat\rho_n)`:
+
+    .. math::
+
+       \lVert D^2h\rVert = \sup_{\lVert u\rVert = 1,\ \lVert c\rVert_n = 1}
+         \Bigl\lvert \frac1n\sum_i c_i\, u^\top\nabla^2_w h(w, x_i)\,u\Bigr\rvert .
+
+    Alternating maximisation (a higher-order power method): for fixed
+    :math:`c`, power iteration on Hessian-vector products of
+    :math:`\frac1n\sum_i c_i h(w, x_i)` (double backward) gives the top :math:`u`, separating the
+    eigenvectors of :math:`\pm\lambda`; for fixed :math:`u`, the best :math:`c` is
+    proportional to :math:`(u^\top\nabla^2 h(w,x_i)u)_i`.  Each of the
+    ``restarts`` starts from a random :math:`c`, runs ``rounds`` alternations
+    of ``iters`` power steps, and the largest value found is returned: a lower
+    bound of the norm, tight up to a few per cent in practice.
+    """
+    fn, params, x, _ = _check_scalar_model(fn, params, x)
+    iters = _checks.integer(iters, "iters", minimum=1)
+    rounds = _checks.integer(rounds, "rounds", minimum=1)
+    restarts = _checks.integer(restarts, "restarts", minimum=1)
+    gen = _gen(generator, seed)
+    n = x.shape[0]
+    best = 0.0
+
+    def second(u):
+        # (u^T Hess h(x_i) u)_i by forward-over-forward differentiation.
+        g = lambda p: jvp(lambda q: fn(q, x), (p,), (u,))[1]  # noqa: E731
+        return jvp(g, (params,), (u,))[1].detach()
+
+    keys = list(params)
+    leaves = [params[k].detach().clone().requires_grad_(True) for k in keys]
+
+    def hvp_operator(c):
+        # grad of (1/n) sum_i c_i h(w, x_i), kept in the graph: each Hessian-vector
+        # product is then one backward pass (double backward, no re-tracing).
+        with torch.enable_grad():
+            out = fn(dict(zip(keys, leaves)), x)
+            g = torch.autograd.grad((c * out).sum() / n, leaves, create_graph=True,
+                                    allow_unused=True)
+
+        def hvp(u):
+            with torch.enable_grad():
+                dot = sum((gi * u[k]).sum() for gi, k in zip(g, keys)
+                          if gi is not None and gi.requires_grad)
+                if not isinstance(dot, torch.Tensor):
+                    return {k: torch.zeros_like(params[k]) for k in keys}
+                hu = torch.autograd.grad(dot, leaves, retain_graph=True, allow_unused=True)
+            return {k: (torch.zeros_like(params[k]) if h is None else h.detach())
+                    for k, h in zip(keys, hu)}
+
+        return hvp
+
+    for _ in range(restarts):
+        c = torch.randn(n, generator=gen, dtype=x.dtype).to(x.device)
+        c = c / torch.sqrt((c ** 2).mean())
+        u = _random_like(params, gen)
+        u = _scale(u, 1 / _norm(u))
+        for _ in range(rounds):
+            hvp = hvp_operator(c)
+            nrm = None
+            for _ in range(iters):
+                hu = hvp(u)
+                nrm = _norm(hu)
+                if nrm == 0:
+                    break
+                u_prev, u = u, _scale(hu, 1 / nrm)
+            if nrm is not None and nrm > 0:
+                # eigenvalues +-lambda of equal modulus make the iterates oscillate:
+                # u_prev +- u separates the two eigenvectors; keep the better one
+                cands = [u]
+                for sgn in (1.0, -1.0):
+                    w_ = {k: u_prev[k] + sgn * u[k] for k in keys}
+                    wn = _norm(w_)
+                    if wn > 0:
+                        cands.append(_scale(w_, 1 / wn))
+            else:
+                cands = [u]
+            qs = [second(v) for v in cands]
+            vals = [float(torch.sqrt((q ** 2).mean())) for q in qs]
+            i = max(range(len(vals)), key=vals.__getitem__)
+            u, q, val = cands[i], qs[i], vals[i]
+            best = max(best, val)
+            if val == 0:
+                break
+            c = q / val
+    return best
+
+
+@dataclass
+class Kappa:
+    r"""The relative scale criterion and its three factors (see :func:`relative_scale`)."""
+
+    kappa: float
+    residual: float
+    jacobian: float
+    hessian: float
+
+
+def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters: int = 20,
+                   rounds: int = 4, restarts: int = 3, generator=None, seed=None) -> Kappa:
+    r"""Relative scale criterion of Chizat, Oyallon & Bach (2019):
+
+    .. math::
+
+       \kappa_h(w_0) = \frac{\lVert h(w_0) - y\rVert}{\lVert Dh(w_0)\rVert}
+                       \frac{\lVert D^2 h(w_0)\rVert}{\lVert Dh(w_0)\rVert},
+
+    norms on :math:`L^2(\hat\rho_n)` (empirical measure of ``x``):
+    ``residual`` by definition, ``jacobian`` by :func:`jacobian_norm`,
+    ``hessian`` by :func:`hessian_norm`.
+    """
+    fn, params, x, out = _check_scalar_model(fn, params, x)
+    y = _checks.tensor(y, "y", ndim=1)
+    _checks.same_rows(x, y, "x", "y")
+    gen = _gen(generator, seed)
+    res = rms(out - y)
+    jn = jacobian_norm(fn, params, x, iters=max(iters, 20), generator=gen)
+    hn = hessian_norm(fn, params, x, iters=iters, rounds=rounds, restarts=restarts, generator=gen)
+    if jn == 0:
+        raise ValueError("Dh(w0) vanishes on x: the criterion is undefined")
+    return Kappa(res / jn * hn / jn, res, jn, hn)
+
+
+def fit_slope(x, y) -> float:
+    """Least-squares slope of :math:`\\log y` against :math:`\\log x`.
+
+    Raises ``ValueError`` unless both hold at least two positive finite values
+    of the same length.
+    """
+    xs = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
+    ys = torch.as_tensor(y, dtype=torch.float64).flatten().cpu()
+    if xs.numel() != ys.numel() or xs.numel() < 2:
+        raise ValueError("x and y must have the same length, at least 2")
+    for name, v in (("x", xs), ("y", ys)):
+        if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+            raise ValueError(f"{name} must hold positive finite values")
+    lx, ly = xs.log(), ys.log()
+    lx = lx - lx.mean()
+    return float((lx * (ly - ly.mean())).sum() / (lx ** 2).sum())
+
+
+# ----------------------------------------------------------------------------- images
+
+@dataclass
+class Digits:
+    """A train/test split of scikit-learn's 8x8 digits (1797 images, 10 classes).
+
+    Attributes
+    ----------
+    x_train, x_test : torch.Tensor
+        Images, shape ``(n, 1, 8, 8)``, standardised with the training set's
+        mean and standard deviation.
+    y_train, y_test : torch.Tensor
+        One-hot targets, shape ``(n, 10)``, in the dtype of the images.
+    labels_train, labels_test : torch.Tensor
+        Class labels (``int64``).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    labels_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    labels_test: torch.Tensor
+
+
+def digits(n_train: int, n_test: int, *, seed: int = 0, dtype=torch.float32,
+           device=None) -> Digits:
+    """Random disjoint train/test split of ``sklearn.datasets.load_digits``.
+
+    The images ship inside scikit-learn (no download).  The split is drawn
+    from ``mflib.generator(seed)``; ``n_train + n_test`` must not exceed 1797.
+    """
+    n_train = _checks.integer(n_train, "n_train", minimum=1)
+    n_test = _checks.integer(n_test, "n_test", minimum=1)
+    seed = _checks.integer(seed, "seed", minimum=0)
+    dtype = _dtype(dtype)
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    total = raw.images.shape[0]
+    if n_train + n_test > total:
+        raise ValueError(f"n_train + n_test must be at most {total}, got {n_train + n_test}")
+    x = torch.as_tensor(raw.images, dtype=torch.float64).unsqueeze(1)
+    labels = torch.as_tensor(raw.target, dtype=torch.int64)
+    perm = torch.randperm(total, generator=_generator(seed))
+    tr, te = perm[:n_train], perm[n_train:n_train + n_test]
+    mu, sd = x[tr].mean(), x[tr].std()
+    x = ((x - mu) / sd).to(dtype)
+    onehot = torch.nn.functional.one_hot(labels, 10).to(dtype)
+    dev = _device(device)
+    return Digits(x[tr].to(dev), onehot[tr].to(dev), labels[tr].to(dev),
+                  x[te].to(dev), onehot[te].to(dev), labels[te].to(dev))
+
+
+def small_cnn(channels: int = 4, *, seed: int = 0, dtype=torch.float32, device=None):
+    """A small convolutional network for 8x8 images with 10 outputs.
+
+    ``conv3x3(1->c) - relu - conv3x3(c->c) - relu - avgpool2 - linear(16c->10)``,
+    PyTorch's default initialisation drawn from the seed (the global random
+    state is left untouched).  With ``c = 4`` it has 838 parameters: fewer
+    than a few hundred training images times ten outputs, so its tangent
+    model is a small linear model.
+    """
+    channels = _checks.integer(channels, "channels", minimum=1)
+    seed = _checks.integer(seed, "seed", minimum=0)
+    dtype = _dtype(dtype)
+    nn = torch.nn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+            nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * channels, 10))
+    return net.to(dtype=dtype, device=_device(device))
+
+
+def accuracy(out: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows of ``out`` (shape ``(n, k)``) whose arg-max is the label."""
+    out = _checks.tensor(out, "out", ndim=2)
+    if not isinstance(labels, torch.Tensor) or labels.shape != out.shape[:1]:
+        raise ValueError(f"labels must be a tensor of shape ({out.shape[0]},)")
+    return float((out.argmax(1) == labels).to(torch.float64).mean())
