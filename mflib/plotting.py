@@ -185,13 +185,25 @@ def _json(values) -> str:
 
 def live_explorer(render, axes: dict):
     """Live twin of :func:`static_explorer`: ipywidgets sliders over the same
-    ``axes`` calling the same ``render`` (needs a running kernel)."""
-    import ipywidgets as widgets
-    from IPython.display import display
+    ``axes`` calling the same ``render`` (needs a running kernel).
 
+    When the notebook is executed without a reader (:func:`quiet`: the book
+    build, the test suite), no widget is created: ``render`` is called once,
+    at the first value of every axis, so that its code is still exercised,
+    and ``None`` is returned. Widgets are useless there (the static book
+    shows :func:`static_explorer`), and a cell that opens widget comms can
+    leave the notebook executor waiting for messages that never come
+    (jupyter/nbclient#312).
+    """
     if not callable(render):
         raise TypeError("render must be callable")
     axes = _check_axes(axes)
+    if quiet():
+        plt.close(render(**{n: v[0] for n, v in axes.items()}))
+        return None
+
+    import ipywidgets as widgets
+    from IPython.display import display
 
     def _show(**params):
         fig = render(**params)

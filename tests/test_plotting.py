@@ -30,9 +30,22 @@ def test_static_explorer_rejects_bad_axes():
         plotting.static_explorer(3, {"a": [1]})
 
 
-def test_live_explorer_builds_widgets():
+def test_live_explorer_builds_widgets(monkeypatch):
+    monkeypatch.setenv("MFLIB_QUIET", "0")
     w = plotting.live_explorer(_render, {"a": [1, 2]})
     assert len(w.children) >= 2
+
+
+def test_live_explorer_renders_once_and_opens_no_widget_when_quiet(monkeypatch):
+    monkeypatch.setenv("MFLIB_QUIET", "1")
+    calls = []
+
+    def render(a):
+        calls.append(a)
+        return _render(a)
+
+    assert plotting.live_explorer(render, {"a": [3, 4]}) is None
+    assert calls == [3]
 
 
 def test_animation_html_and_checks():
