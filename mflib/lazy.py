@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call, grad, jvp, vjp
 
+from mflib.stats import fit_slope  # noqa: F401  (re-exported for the pages)
 from mflib import _checks
 from mflib.config import DTYPE, generator as _generator
 
 __all__ = [
     "TeacherStudent", "sphere", "teacher_student", "two_layer", "two_layer_init",
     "TwoLayer", "as_function", "centred", "TrainResult", "train", "displacement",
-    "rms", "jacobian_norm", "hessian_norm", "Kappa", "relative_scale", "fit_slope",
+    "rms", "jacobian_norm", "hessian_norm", "Kappa", "relative_scale",
     "Digits", "digits", "small_cnn", "accuracy",
 ]
 
@@ -693,24 +694,6 @@ def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters:
     if jn == 0:
         raise ValueError("Dh(w0) vanishes on x: the criterion is undefined")
     return Kappa(res / jn * hn / jn, res, jn, hn)
-
-
-def fit_slope(x, y) -> float:
-    """Least-squares slope of :math:`\\log y` against :math:`\\log x`.
-
-    Raises ``ValueError`` unless both hold at least two positive finite values
-    of the same length.
-    """
-    xs = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
-    ys = torch.as_tensor(y, dtype=torch.float64).flatten().cpu()
-    if xs.numel() != ys.numel() or xs.numel() < 2:
-        raise ValueError("x and y must have the same length, at least 2")
-    for name, v in (("x", xs), ("y", ys)):
-        if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
-            raise ValueError(f"{name} must hold positive finite values")
-    lx, ly = xs.log(), ys.log()
-    lx = lx - lx.mean()
-    return float((lx * (ly - ly.mean())).sum() / (lx ** 2).sum())
 
 
 # ----------------------------------------------------------------------------- images

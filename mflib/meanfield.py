@@ -49,13 +49,14 @@ from dataclasses import dataclass
 
 import torch
 
+from mflib.stats import fit_slope  # noqa: F401  (re-exported for the pages)
 from mflib import _checks, arccos
 from mflib._checks import Diverged
 from mflib.config import generator as _generator
 
 __all__ = ["Trajectory", "init_particles", "forward", "grad", "empirical_risk",
            "population_risk", "population_grad", "gaussian_teacher_data", "train",
-           "relative_scale", "rms_displacement", "fit_slope", "relu_kernel"]
+           "relative_scale", "rms_displacement", "relu_kernel"]
 
 ACTIVATIONS = ("relu", "sigmoid")
 SCALINGS = ("mf", "lazy")
@@ -669,19 +670,6 @@ def rms_displacement(theta0: torch.Tensor, theta1: torch.Tensor) -> float:
         raise ValueError(f"theta0 and theta1 must have the same shape, got {tuple(theta0.shape)} "
                          f"and {tuple(theta1.shape)}")
     return float(((theta1 - theta0) ** 2).sum(1).mean().sqrt())
-
-
-def fit_slope(m, values) -> float:
-    """Least-squares slope of ``log(values)`` against ``log(m)``."""
-    m = torch.as_tensor(m, dtype=torch.float64).flatten()
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
-    if m.shape != v.shape or m.numel() < 2:
-        raise ValueError(f"m and values must have the same length >= 2, got {m.numel()} and {v.numel()}")
-    if not bool((m > 0).all() and (v > 0).all() and torch.isfinite(v).all()):
-        raise ValueError("m and values must be positive and finite")
-    lx, ly = m.log(), v.log()
-    lx = lx - lx.mean()
-    return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
 
 
 def relu_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str = "ntk") -> torch.Tensor:

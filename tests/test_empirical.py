@@ -11,6 +11,7 @@ import torch
 from mflib import empirical as E
 from mflib import kernels as K
 from mflib.nets import MLP
+from mflib.stats import fit_slope
 
 F64 = torch.float64
 
@@ -58,10 +59,6 @@ def test_empirical_ntk_of_any_module():
     assert jac["0.weight"].shape == (5, 10, 3)
 
 
-def _fit_slope(widths, errors):
-    return float(np.polyfit(np.log(widths), np.log(errors), 1)[0])
-
-
 def test_ntk_and_feature_nngp_converge_at_rate_one_over_sqrt_width():
     """Depth one, NTK parametrisation: both kernels are averages of m i.i.d. terms,
     so the mean squared relative Frobenius error is exactly C/m (slope -1/2 for its root)."""
@@ -81,8 +78,8 @@ def test_ntk_and_feature_nngp_converge_at_rate_one_over_sqrt_width():
                             / torch.linalg.matrix_norm(want_nngp)))
         err_ntk.append(np.sqrt(np.mean(np.square(e1))))
         err_nngp.append(np.sqrt(np.mean(np.square(e2))))
-    assert -0.7 < _fit_slope(widths, err_ntk) < -0.3, err_ntk
-    assert -0.7 < _fit_slope(widths, err_nngp) < -0.3, err_nngp
+    assert -0.7 < fit_slope(widths, err_ntk) < -0.3, err_ntk
+    assert -0.7 < fit_slope(widths, err_nngp) < -0.3, err_nngp
     assert err_ntk[-1] < 0.03
 
 

@@ -1,0 +1,44 @@
+"""Small statistics shared by the lectures.
+
+Most quantitative claims of the book are power laws ("the error falls like
+:math:`m^{-1/2}`", "the displacement like :math:`1/\\alpha`"), checked by
+fitting the slope of a log-log plot; that fit is written once, here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["fit_slope"]
+
+
+def fit_slope(x, y) -> float:
+    r"""Least-squares slope of :math:`\log y` against :math:`\log x`.
+
+    Parameters
+    ----------
+    x, y : array-like
+        Sequences (lists, arrays or tensors, any device) of the same length,
+        at least 2, of positive finite numbers.
+
+    Returns
+    -------
+    float
+        :math:`\hat p` such that :math:`y \approx C x^{\hat p}`.
+
+    Raises
+    ------
+    ValueError
+        If the lengths differ or are below 2, or a value of ``x`` or ``y`` is
+        not positive and finite.
+    """
+    xs = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
+    ys = torch.as_tensor(y, dtype=torch.float64).flatten().cpu()
+    if xs.numel() != ys.numel() or xs.numel() < 2:
+        raise ValueError(f"x and y must have the same length, at least 2; got {xs.numel()} and {ys.numel()}")
+    for name, v in (("x", xs), ("y", ys)):
+        if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+            raise ValueError(f"{name} must hold positive finite values")
+    lx, ly = xs.log(), ys.log()
+    lx = lx - lx.mean()
+    return float((lx * (ly - ly.mean())).sum() / (lx ** 2).sum())
