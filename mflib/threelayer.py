@@ -228,6 +228,21 @@ def _gen(generator):
     return generator
 
 
+def _first_layer_table(d, size, w1_mean, w1_std, generator):
+    """Check the arguments shared by the embedding constructors and draw the
+    first-layer table :math:`w_1^0 \sim \mathcal N(\text{w1\_mean}\,\mathbb 1,
+    \text{w1\_std}^2 I_d)`; returns ``(N1, N2, generator, w1)``."""
+    d = _checks.integer(d, "d", minimum=1)
+    N1, N2 = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    N1 = _checks.integer(N1, "size", minimum=1)
+    N2 = _checks.integer(N2, "size", minimum=1)
+    w1_mean = _checks.real(w1_mean, "w1_mean")
+    w1_std = _checks.real(w1_std, "w1_std", positive=True)
+    g = _gen(generator)
+    w1 = w1_mean + w1_std * torch.randn(N1, d, generator=g, dtype=torch.float64)
+    return N1, N2, g, w1
+
+
 def iid_embedding(d: int, size: int | tuple[int, int], *, w1_mean: float = 0.5, w1_std: float = 1.0,
                   w2_range: tuple[float, float] = (0.0, 1.0), w3_range: tuple[float, float] = (0.0, 1.0),
                   generator: torch.Generator | None = None, dtype=torch.float64,
@@ -255,20 +270,13 @@ def iid_embedding(d: int, size: int | tuple[int, int], *, w1_mean: float = 0.5, 
     dtype, device
         Of the tables.
     """
-    d = _checks.integer(d, "d", minimum=1)
-    N1, N2 = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-    N1 = _checks.integer(N1, "size", minimum=1)
-    N2 = _checks.integer(N2, "size", minimum=1)
-    w1_mean = _checks.real(w1_mean, "w1_mean")
-    w1_std = _checks.real(w1_std, "w1_std", positive=True)
+    N1, N2, g, w1 = _first_layer_table(d, size, w1_mean, w1_std, generator)
     for name, r in (("w2_range", w2_range), ("w3_range", w3_range)):
         if not isinstance(r, (tuple, list)) or len(r) != 2:
             raise TypeError(f"{name} must be a pair (low, high)")
         lo, hi = _checks.real(r[0], name), _checks.real(r[1], name)
         if hi < lo:
             raise ValueError(f"{name} must have low <= high, got {r}")
-    g = _gen(generator)
-    w1 = w1_mean + w1_std * torch.randn(N1, d, generator=g, dtype=torch.float64)
     w2 = w2_range[0] + (w2_range[1] - w2_range[0]) * torch.rand(N1, N2, generator=g, dtype=torch.float64)
     w3 = w3_range[0] + (w3_range[1] - w3_range[0]) * torch.rand(N2, generator=g, dtype=torch.float64)
     return Embedding(*(t.to(dtype=dtype, device=device) for t in (w1, w2, w3)))
@@ -286,14 +294,7 @@ def correlated_embedding(d: int, size: int | tuple[int, int], *, w1_mean: float 
     initialisation genuinely depend on :math:`c_2`, unlike under an i.i.d.
     initialisation (see :func:`h2_spread`).  Parameters as in :func:`iid_embedding`.
     """
-    d = _checks.integer(d, "d", minimum=1)
-    N1, N2 = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-    N1 = _checks.integer(N1, "size", minimum=1)
-    N2 = _checks.integer(N2, "size", minimum=1)
-    w1_mean = _checks.real(w1_mean, "w1_mean")
-    w1_std = _checks.real(w1_std, "w1_std", positive=True)
-    g = _gen(generator)
-    w1 = w1_mean + w1_std * torch.randn(N1, d, generator=g, dtype=torch.float64)
+    N1, N2, g, w1 = _first_layer_table(d, size, w1_mean, w1_std, generator)
     z = torch.randn(N2, d, generator=g, dtype=torch.float64)
     w2 = torch.sign(w1 @ z.T)
     w3 = w3_range[0] + (w3_range[1] - w3_range[0]) * torch.rand(N2, generator=g, dtype=torch.float64)
