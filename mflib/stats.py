@@ -2,24 +2,160 @@
 
 Most quantitative claims of the book are power laws ("the error falls like
 :math:`m^{-1/2}`", "the displacement like :math:`1/\\alpha`"), checked by
-fitting the slope of a log-log plot; that fit is written once, here.
+fitting the slope of a log-log plot; that fit is written once, here, with
+its standard error, so that a claim's tolerance can come from the sampling
+error of the experiment (see :mod:`mflib.claims`).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["fit_slope"]
+__all__ = ["fit_slope", "slope_fit", "slope_over_repeats", "estimate", "SlopeFit", "Estimate"]
+
+
+@dataclass(frozen=True)
+class SlopeFit:
+    r"""A log-log slope with its standard error.
+
+    Attributes
+    ----------
+    value : float
+        The slope :math:`\hat p` of :math:`\log y \approx c + \hat p \log x`.
+    se : float
+        Its standard error: the ordinary-least-squares one
+        :math:`\sqrt{\mathrm{RSS}/((n-2) S_{xx})}` for one curve, or the
+        standard error of the mean over independent repeats.
+    intercept : float
+        :math:`\hat c` (of the mean curve for repeats).
+    n : int
+        Number of points (or of repeats).
+    """
+
+    value: float
+    se: float
+    intercept: float
+    n: int
+
+    def __float__(self):
+        return self.value
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over independent repeats with its standard error."""
+
+    value: float
+    se: float
+    n: int
+
+    def __float__(self):
+        return self.value
+
+
+def _logs(x, y):
+    xs = torch.as_tensor(x, dtype=torch.float64).cpu()
+    ys = torch.as_tensor(y, dtype=torch.float64).cpu()
+    if xs.ndim != 1:
+        xs = xs.flatten()
+    if xs.numel() < 2:
+        raise ValueError(f"x must hold at least 2 values, got {xs.numel()}")
+    if ys.shape[-1] != xs.numel() or ys.ndim > 2:
+        raise ValueError(f"y must have x's length {xs.numel()} along its last dimension "
+                         f"(and at most 2 dimensions), got shape {tuple(ys.shape)}")
+    for name, v in (("x", xs), ("y", ys)):
+        if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+            raise ValueError(f"{name} must hold positive finite values")
+    lx = xs.log()
+    if float((lx - lx.mean()).abs().max()) == 0.0:
+        raise ValueError("x must hold at least two distinct values (a slope against a constant is undefined)")
+    return lx, ys.log()
+
+
+def _ols(lx, ly):
+    cx = lx - lx.mean()
+    sxx = float((cx ** 2).sum())
+    slope = float((cx * (ly - ly.mean())).sum()) / sxx
+    intercept = float(ly.mean()) - slope * float(lx.mean())
+    return slope, intercept, sxx
+
+
+def slope_fit(x, y) -> SlopeFit:
+    r"""Least-squares slope of :math:`\log y` against :math:`\log x`, with its
+    ordinary-least-squares standard error (``nan``-free: 0 for two points or
+    an exact power law).
+
+    Parameters
+    ----------
+    x, y : array-like
+        1-d sequences of the same length, at least 2, of positive finite
+        numbers; ``x`` must take at least two distinct values.
+    """
+    lx, ly = _logs(x, y)
+    if ly.ndim != 1:
+        raise ValueError("y must be 1-d here; use slope_over_repeats for several curves")
+    slope, intercept, sxx = _ols(lx, ly)
+    n = lx.numel()
+    if n > 2:
+        resid = ly - (intercept + slope * lx)
+        se = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
+    else:
+        se = 0.0
+    return SlopeFit(value=slope, se=se, intercept=intercept, n=n)
+
+
+def slope_over_repeats(x, y) -> SlopeFit:
+    r"""Slope fitted to each of several independent curves ``y[r]`` (rows:
+    repeats, e.g. seeds), reported as the mean slope with the standard error
+    of the mean over repeats, :math:`s/\sqrt{R}`.
+
+    Parameters
+    ----------
+    x : array-like
+        1-d, length :math:`n \ge 2`, positive.
+    y : array-like
+        Shape ``(R, n)`` with :math:`R \ge 2`, positive.
+    """
+    lx, ly = _logs(x, y)
+    if ly.ndim != 2 or ly.shape[0] < 2:
+        raise ValueError(f"y must have shape (repeats >= 2, len(x)), got {tuple(ly.shape)}")
+    slopes = torch.tensor([_ols(lx, row)[0] for row in ly], dtype=torch.float64)
+    _, intercept, _ = _ols(lx, ly.mean(0))
+    r = slopes.numel()
+    return SlopeFit(value=float(slopes.mean()), se=float(slopes.std(unbiased=True)) / math.sqrt(r),
+                    intercept=intercept, n=r)
+
+
+def estimate(samples) -> Estimate:
+    """Mean of independent repeats with its standard error :math:`s/\\sqrt{n}`.
+
+    Parameters
+    ----------
+    samples : array-like
+        At least 2 finite values.
+    """
+    s = torch.as_tensor(samples, dtype=torch.float64).flatten().cpu()
+    if s.numel() < 2:
+        raise ValueError(f"samples must hold at least 2 values, got {s.numel()}")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("samples must be finite")
+    return Estimate(value=float(s.mean()), se=float(s.std(unbiased=True)) / math.sqrt(s.numel()),
+                    n=s.numel())
 
 
 def fit_slope(x, y) -> float:
-    r"""Least-squares slope of :math:`\log y` against :math:`\log x`.
+    r"""Least-squares slope of :math:`\log y` against :math:`\log x` (the value
+    of :func:`slope_fit`).
 
     Parameters
     ----------
     x, y : array-like
         Sequences (lists, arrays or tensors, any device) of the same length,
-        at least 2, of positive finite numbers.
+        at least 2, of positive finite numbers; ``x`` takes at least two
+        distinct values.
 
     Returns
     -------
@@ -29,16 +165,11 @@ def fit_slope(x, y) -> float:
     Raises
     ------
     ValueError
-        If the lengths differ or are below 2, or a value of ``x`` or ``y`` is
-        not positive and finite.
+        If the lengths differ or are below 2, a value of ``x`` or ``y`` is
+        not positive and finite, or ``x`` is constant.
     """
-    xs = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
-    ys = torch.as_tensor(y, dtype=torch.float64).flatten().cpu()
-    if xs.numel() != ys.numel() or xs.numel() < 2:
-        raise ValueError(f"x and y must have the same length, at least 2; got {xs.numel()} and {ys.numel()}")
-    for name, v in (("x", xs), ("y", ys)):
-        if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
-            raise ValueError(f"{name} must hold positive finite values")
-    lx, ly = xs.log(), ys.log()
-    lx = lx - lx.mean()
-    return float((lx * (ly - ly.mean())).sum() / (lx ** 2).sum())
+    xs = torch.as_tensor(x, dtype=torch.float64).flatten()
+    ys = torch.as_tensor(y, dtype=torch.float64).flatten()
+    if xs.numel() != ys.numel():
+        raise ValueError(f"x and y must have the same length, got {xs.numel()} and {ys.numel()}")
+    return slope_fit(xs, ys).value
