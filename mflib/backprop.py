@@ -95,7 +95,8 @@ def activation(name):
     if not isinstance(name, str):
         raise TypeError("activation must be a name or a pair (sigma, sigma_prime) of callables, "
                         f"got {type(name).__name__}")
-    _checks.choice(name, "activation", ACTIVATIONS)
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation name must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]
 
 
@@ -240,7 +241,7 @@ def forward(params, x: torch.Tensor, *, activation="relu", check: bool = True) -
     check = _checks.flag(check, "check")
     if check:
         _check_params(params)
-        _checks.tensor(x, "x", ndim=2)
+        _checks.tensor(x, "x", ndim=2, nonempty=True)
         _checks.matching(x, params[0][0], "x", "params")
         if x.shape[1] != params[0][0].shape[1]:
             raise ValueError(f"x has {x.shape[1]} columns, the first layer expects "
@@ -336,7 +337,7 @@ def mse_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"
 def autograd_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"):
     """Same as :func:`mse_gradients`, computed by ``torch.autograd`` (reverse mode)."""
     _check_params(params)
-    _checks.tensor(x, "x", ndim=2)
+    _checks.tensor(x, "x", ndim=2, nonempty=True)
     _checks.matching(x, params[0][0], "x", "params")
     if x.shape[1] != params[0][0].shape[1]:
         raise ValueError(f"x has {x.shape[1]} columns, the first layer expects {params[0][0].shape[1]}")

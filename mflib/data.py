@@ -138,11 +138,11 @@ def linear_population_risk(w: torch.Tensor, w_star: torch.Tensor, noise: float) 
         :math:`\sigma \ge 0`.
     """
     w = _checks.tensor(w, "w", ndim=(1, 2))
-    w_star = _checks.tensor(w_star, "w_star", ndim=1)
+    w_star = _checks.tensor(w_star, "w_star", ndim=1, nonempty=True)
     _checks.matching(w, w_star, "w", "w_star")
     noise = _checks.real(noise, "noise", nonnegative=True)
     if w.shape[-1] != w_star.shape[0]:
-        raise ValueError(f"w must have {w_star.shape[0]} entries in its last dimension, "
+        raise ValueError(f"w must have {w_star.shape[0]} entries in its last dimension (as w_star), "
                          f"got shape {tuple(w.shape)}")
     return _checks.finite_result(0.5 * ((w - w_star) ** 2).sum(dim=-1) + 0.5 * noise ** 2,
                                  "the risk", "w, w_star or noise (their scale)")

@@ -158,7 +158,7 @@ def gp_regression(K_train, K_test_train, y_train, *, K_test=None, noise=0.0,
     """
     _square(K_train, "K_train")
     n = K_train.shape[0]
-    _checks.tensor(K_test_train, "K_test_train", ndim=2)
+    _checks.tensor(K_test_train, "K_test_train", ndim=2, nonempty=True)
     _checks.matching(K_test_train, K_train, "K_test_train", "K_train")
     if K_test_train.shape[1] != n:
         raise ValueError(f"K_test_train must have {n} columns (the training points), "
@@ -169,7 +169,8 @@ def gp_regression(K_train, K_test_train, y_train, *, K_test=None, noise=0.0,
     if K_test is not None:
         _square(K_test, "K_test", K_train, "K_train")
         if K_test.shape[0] != K_test_train.shape[0]:
-            raise ValueError(f"K_test must be {K_test_train.shape[0]} x {K_test_train.shape[0]}, "
+            raise ValueError(f"K_test must be {K_test_train.shape[0]} x {K_test_train.shape[0]} (the rows "
+                             f"of K_test_train), "
                              f"got shape {tuple(K_test.shape)}")
     noise = _checks.real(noise, "noise", nonnegative=True)
     if noise ** 2 > torch.finfo(K_train.dtype).max / 4:
@@ -278,7 +279,7 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
         if h0_train.shape[0] != n:
             raise ValueError(f"h0_train must have length {n}, got {h0_train.shape[0]}")
     if K_test_train is not None:
-        _checks.tensor(K_test_train, "K_test_train", ndim=2)
+        _checks.tensor(K_test_train, "K_test_train", ndim=2, nonempty=True)
         _checks.matching(K_test_train, K_train, "K_test_train", "K_train")
         if K_test_train.shape[1] != n:
             raise ValueError(f"K_test_train must have {n} columns, got shape "
@@ -288,7 +289,8 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
         else:
             _vector(h0_test, "h0_test", K_train)
             if h0_test.shape[0] != K_test_train.shape[0]:
-                raise ValueError(f"h0_test must have length {K_test_train.shape[0]}, "
+                raise ValueError(f"h0_test must have length {K_test_train.shape[0]} (the rows of "
+                                 f"K_test_train), "
                                  f"got {h0_test.shape[0]}")
     elif h0_test is not None:
         raise ValueError("h0_test needs K_test_train")

@@ -212,15 +212,11 @@ def two_layer(params: dict, x: torch.Tensor, *, scale: float = 1.0,
         raise TypeError("params must be a dict with keys 'a' (m, d) and 'b' (m,)")
     a, b = params["a"], params["b"]
     for k, v in (("a", a), ("b", b)):
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"params[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
-        if v.dtype not in _checks.FLOATS:
-            raise TypeError(f"params[{k!r}] must be a float32 or float64 tensor, got dtype {v.dtype}")
+        _checks.tensor(v, f"params[{k!r}]")
     if a.ndim != 2 or b.ndim != 1 or a.shape[0] != b.shape[0]:
         raise ValueError(f"params must hold a of shape (m, d) and b of shape (m,), got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _checks.tensor(x, "x")
     if x.ndim != 2 or x.shape[1] != a.shape[1]:
         raise ValueError(f"x must be a tensor of shape (n, {a.shape[1]}), got {tuple(x.shape)}")
     if x.dtype != a.dtype or b.dtype != a.dtype:
@@ -347,6 +343,7 @@ class TwoLayer(torch.nn.Module):
     def __init__(self, m, d, *, tau=1.0, symmetric=True, scale=1.0, activation="relu", seed=0,
                  dtype=DTYPE, device=None):
         super().__init__()
+        seed = _checks.seed(seed)
         p = two_layer_init(m, d, tau=tau, symmetric=symmetric, seed=seed, dtype=dtype,
                            device=device)
         self.a = torch.nn.Parameter(p["a"])
@@ -758,6 +755,7 @@ def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters:
     ``residual`` by definition, ``jacobian`` by :func:`jacobian_norm`,
     ``hessian`` by :func:`hessian_norm`.
     """
+    iters = _checks.size(iters, "iters", maximum=10 ** 5)
     fn, params, x, out = _check_scalar_model(fn, params, x)
     y = _checks.tensor(y, "y", ndim=1)
     _checks.matching(y, x, "y", "x")
@@ -859,4 +857,6 @@ def accuracy(out: torch.Tensor, labels: torch.Tensor) -> float:
         raise ValueError(f"labels must be a tensor of shape ({out.shape[0]},), got {tuple(labels.shape)}")
     if labels.device != out.device:
         raise ValueError(f"labels and out must be on the same device, got {labels.device} and {out.device}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= out.shape[1]):
+        raise ValueError(f"labels must hold class indices in [0, {out.shape[1]}) (the columns of out)")
     return float((out.argmax(1) == labels).to(torch.float64).mean())

@@ -445,7 +445,9 @@ def _record_steps(record, steps: int) -> torch.Tensor:
     else:
         raise TypeError(f"record must be None, an int or a sequence of step indices, "
                         f"got {type(record).__name__}")
-    items = [_checks.integer(k, "record", minimum=0, maximum=steps) for k in items]
+    items = [_checks.integer(k, "record", minimum=0) for k in items]
+    if any(k > steps for k in items):
+        raise ValueError(f"record must hold step indices in [0, steps={steps}], got {max(items)}")
     if not items:
         raise ValueError("record must hold at least one step index")
     return torch.unique(torch.tensor(items, dtype=torch.long))
@@ -546,6 +548,8 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     alpha = _alpha(m, scaling)
     pstep = lr / (m * alpha * alpha)
     g = _checks.generator(generator)
+    if teacher is not None:
+        teacher = _check_teacher(theta, teacher)
     dev, dt = theta.device, theta.dtype
 
     xt = None

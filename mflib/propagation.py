@@ -43,7 +43,7 @@ _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 def _q(q, name="q") -> torch.Tensor:
     """A variance or a tensor of variances: finite, >= 0, as a float64 tensor."""
     if isinstance(q, torch.Tensor):
-        _checks.tensor(q, name, floating=False)
+        _checks.tensor(q, name)
         q = q.to(DTYPE)
     else:
         q = torch.tensor(_checks.real(q, name), dtype=DTYPE)

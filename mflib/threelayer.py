@@ -194,7 +194,8 @@ class Embedding:
         _checks.matching(self.w2, self.w1, "w2", "w1")
         _checks.matching(self.w3, self.w1, "w3", "w1")
         if self.w2.shape != (self.w1.shape[0], self.w3.shape[0]):
-            raise ValueError(f"w2 must have shape (N1, N2) = ({self.w1.shape[0]}, {self.w3.shape[0]}), "
+            raise ValueError(f"w2 must have shape (N1, N2) = (rows of w1, length of w3) = "
+                             f"({self.w1.shape[0]}, {self.w3.shape[0]}), "
                              f"got {tuple(self.w2.shape)}")
 
     @property
@@ -604,7 +605,9 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
     acts = _acts(phi)
     p = params.clone()
     idx = _batches(x.shape[0], steps, batch_size, g)
-    keep = {_checks.integer(k, "snapshots", minimum=0, maximum=steps) for k in snapshots}
+    keep = {_checks.integer(k, "snapshots", minimum=0) for k in snapshots}
+    if any(k > steps for k in keep):
+        raise ValueError(f"snapshots must hold steps in [0, steps={steps}], got {max(keep)}")
     snaps = {}
     times, losses = [], []
     last_good = p.clone()
@@ -852,6 +855,7 @@ def first_layer_features(w1: torch.Tensor, x: torch.Tensor, *, phi1: str = "tanh
     shape ``(n1, d)``, ``x`` of shape ``(M, d)``; returns ``(M, n1)``."""
     _checks.tensor(w1, "w1", ndim=2)
     _checks.tensor(x, "x", ndim=2)
+    _checks.matching(x, w1, "x", "w1")
     if x.shape[1] != w1.shape[1]:
         raise ValueError(f"x must have {w1.shape[1]} columns, got shape {tuple(x.shape)}")
     f = ACTIVATIONS[_checks.choice(phi1, "phi1", ACTIVATIONS)][0]
