@@ -109,9 +109,19 @@ def tensor(x, name: str, *, ndim: int | tuple[int, ...] | None = None, finite: b
             raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if nonempty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if finite and x.is_floating_point() and not _all_finite(x):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """True when every entry is finite, or when the values are not concrete (inside a
+    ``torch.func.vmap``, where a model is traced per sample: its inputs were checked
+    by the function that called ``vmap``)."""
+    try:
+        return bool(torch.isfinite(x).all())
+    except RuntimeError:
+        return True
 
 
 def matching(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, *,

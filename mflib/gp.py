@@ -371,6 +371,8 @@ class Linearized(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate :math:`h(x; w_0) + \\partial_w h(x; w_0)\\,(w - w_0)`."""
+        _checks.tensor(x, "x")
+        _checks.matching(x, self.params[0], "x", "the model's parameters")
         buffers = dict(self._model.named_buffers())
 
         def f(p):

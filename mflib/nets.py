@@ -254,8 +254,21 @@ class MLP(torch.nn.Module):
             z = z + (b * c_b if c_b != 1.0 else b)
         return z
 
+    def _check_x(self, x):
+        _checks.tensor(x, "x", ndim=(1, 2))
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"x must have shape (n, {self.d_in}) or ({self.d_in},), "
+                             f"got {tuple(x.shape)}")
+        if x.dtype != self.weights[0].dtype:
+            raise TypeError(f"x must have the dtype of the parameters ({self.weights[0].dtype}), "
+                            f"got {x.dtype}")
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Post-activations of the last hidden layer, shape ``(n, n_L)`` (``x`` itself if depth 0)."""
+        self._check_x(x)
+        return self._features(x)
+
+    def _features(self, x):
         h = x
         for layer in range(self.depth):
             h = self.phi(self._dense(layer, h))
@@ -263,15 +276,8 @@ class MLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate the network: ``(n, d) -> (n,)`` or ``(d,) -> ()``."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim not in (1, 2) or x.shape[-1] != self.d_in:
-            raise ValueError(f"x must have shape (n, {self.d_in}) or ({self.d_in},), "
-                             f"got {tuple(x.shape)}")
-        if x.dtype != self.weights[0].dtype:
-            raise TypeError(f"x must have the dtype of the parameters ({self.weights[0].dtype}), "
-                            f"got {x.dtype}")
-        out = self._dense(self.depth, self.features(x)).squeeze(-1)
+        self._check_x(x)
+        out = self._dense(self.depth, self._features(x)).squeeze(-1)
         return out * self.alpha if self.alpha != 1.0 else out
 
     def extra_repr(self) -> str:

@@ -95,11 +95,17 @@ class StepTarget:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate :math:`f^*` (right-continuous) at ``x``."""
+        _checks.tensor(x, "x")
+        return self._eval(x)
+
+    def _eval(self, x):
         idx = torch.searchsorted(self.jumps.to(x), x.contiguous(), right=True)
         return self.values.to(x)[idx]
 
     def primitive(self, x: torch.Tensor, power: int = 1) -> torch.Tensor:
         r"""Exact :math:`\int_0^x f^*(s)^p\,ds` for ``power`` :math:`p\in\{1,2\}`."""
+        _checks.tensor(x, "x", ndim=1)
+        power = _checks.integer(power, "power", minimum=1, maximum=2)
         v = self.values.to(x) ** power
         knots = torch.cat([x.new_zeros(1), self.jumps.to(x)])
         cum = torch.cat([x.new_zeros(1), torch.cumsum(v[:-1] * (knots[1:] - knots[:-1]), 0)])
@@ -110,6 +116,7 @@ class StepTarget:
 def paper_target(dtype: torch.dtype = torch.float64) -> StepTarget:
     """The target of the paper's experiments: jumps at 0.2, 0.35, 0.5, 0.65, 0.8,
     values 1, 5, 1, 3, 1, 5 (minimal gap 0.15, minimal jump 2)."""
+    dtype = _checks.dtype(dtype)
     return StepTarget(torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8], dtype=dtype),
                       torch.tensor([1.0, 5.0, 1.0, 3.0, 1.0, 5.0], dtype=dtype))
 
@@ -264,7 +271,7 @@ def population_loss_grad(a: torch.Tensor, u: torch.Tensor, target: StepTarget, e
     x, w = _quadrature(u2, target, eta)
     z = (x[:, :, None] - u2[:, None, :]) / eta
     s = _sstep(z)
-    r = a2[:, :1] + torch.einsum("bkm,bm->bk", s, a2[:, 1:]) - target(x)
+    r = a2[:, :1] + torch.einsum("bkm,bm->bk", s, a2[:, 1:]) - target._eval(x)
     wr = w * r
     loss = (wr * r).sum(1)
     if not grad:
@@ -281,7 +288,7 @@ def _population_loss(a, u, target, eta):
     """R(a, u) for batched (B, m + 1), (B, m) inputs, without argument checks."""
     x, w = _quadrature(u, target, eta)
     s = _sstep((x[:, :, None] - u[:, None, :]) / eta)
-    r = a[:, :1] + torch.einsum("bkm,bm->bk", s, a[:, 1:]) - target(x)
+    r = a[:, :1] + torch.einsum("bkm,bm->bk", s, a[:, 1:]) - target._eval(x)
     return (w * r * r).sum(1)
 
 
@@ -291,7 +298,7 @@ def _gram(u: torch.Tensor, target: StepTarget, eta: float):
     s = _sstep((x[:, :, None] - u[:, None, :]) / eta)
     phi = torch.cat([torch.ones_like(s[..., :1]), s], dim=-1)
     G = torch.einsum("bk,bki,bkj->bij", w, phi, phi)
-    b = torch.einsum("bk,bk,bki->bi", w, target(x), phi)
+    b = torch.einsum("bk,bk,bki->bi", w, target._eval(x), phi)
     return G, b
 
 
@@ -453,7 +460,7 @@ def _terms(a, u, target, eta):
     phi = torch.cat([torch.ones_like(s[..., :1]), s], dim=-1)
     wphi = w[..., None] * phi
     G = wphi.transpose(1, 2) @ phi
-    fs = target(x)
+    fs = target._eval(x)
     b = (wphi * fs[..., None]).sum(1)
     r = (phi @ a[..., None])[..., 0] - fs
     wr = w * r

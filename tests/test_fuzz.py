@@ -1,7 +1,7 @@
 """Property-based fuzz test of the whole public API of :mod:`mflib`.
 
-Every public function and class of every ``mflib`` module is found by
-introspection; each must have an entry in :data:`VALID` (a valid call), so that
+Every public function and class of every ``mflib`` module, and every public
+method those classes define, is found by introspection; each must have an entry in :data:`VALID` (a valid call), so that
 a new public name without one fails :func:`test_every_public_name_has_a_valid_call`.
 
 For each entry:
@@ -56,7 +56,19 @@ from mflib import (arccos, backprop, config, data, empirical, erm, gp, gplimit, 
 from mflib._checks import Diverged  # noqa: E402
 
 D = torch.float64
-TIMEOUT = 10.0          # seconds: a call past this is counted as a hang
+TIMEOUT = 30.0          # seconds: a call past this is counted as a hang
+
+# Warm up what torch imports lazily on first use (torch.optim pulls in torch._dynamo,
+# func transforms compile on first call): an import cut by the time limit would leave
+# a half-initialised module behind and break every later call.
+_w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+_opt = torch.optim.SGD([_w], lr=0.1)
+(_w ** 2).sum().backward()
+_opt.step()
+torch.func.jacrev(lambda t: (t ** 2).sum())(torch.ones(2))
+torch.func.vmap(torch.sin)(torch.ones(2))
+torch.func.jvp(torch.sin, (torch.ones(2),), (torch.ones(2),))
+del _w, _opt
 HYPOTHESIS_EXAMPLES = 250
 
 # ----------------------------------------------------------------------------- small valid inputs
@@ -387,6 +399,19 @@ VALID = {
                                                      y=tt.additive_step_problem(2, 8, generator=g())[1], units=2,
                                                      activation="step", lr_a=0.1, lr_u=0.01, epochs=3, runs=2,
                                                      generator=g(), eta=0.05),
+    # methods
+    "losses.Loss.__call__": lambda: dict(self=losses.LOSSES["square"], y=Y, y_hat=Y * 0.5),
+    "gp.Linearized.delta": lambda: dict(self=gp.Linearized(_mlp())),
+    "gp.Linearized.forward": lambda: dict(self=gp.Linearized(_mlp()), x=randn(3, 2)),
+    "lazy.TwoLayer.forward": lambda: dict(self=lazy.TwoLayer(4, 3), x=X),
+    "nets.MLP.features": lambda: dict(self=_mlp(), x=randn(3, 2)),
+    "nets.MLP.forward": lambda: dict(self=_mlp(), x=randn(3, 2)),
+    "nets.MLP.extra_repr": lambda: dict(self=_mlp()),
+    "threelayer.Params.clone": lambda: dict(self=_params_tl()),
+    "threelayer.Embedding.ensemble": lambda: dict(self=_emb()),
+    "threelayer.Embedding.sample": lambda: dict(self=_emb(), n1=3, n2=2, batch=2, generator=g()),
+    "two_timescale.StepTarget.__call__": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D)),
+    "two_timescale.StepTarget.primitive": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D), power=2),
     # universal
     "universal.Fit": lambda: dict(train_rmse=1.0, test_rmse=1.0, prediction=Y),
     "universal.random_features_fit": lambda: dict(x_train=torch.linspace(-1, 1, 8, dtype=D),
@@ -418,7 +443,6 @@ NONDETERMINISTIC = {"backprop.time_forward_backward"}
 ACCEPTED = {
     ("config.sizes", "full"): "any", ("config.sizes", "quick_value"): "any",
     ("plotting.progress", "iterable"): "any",
-    ("plotting.static_explorer", "title"): "any",
     ("nets.resolve_activation", "name"): "any",
     ("erm.objective", "loss"): "names",          # a Loss object or a name
     ("losses.get", "loss"): "names",
@@ -445,6 +469,10 @@ def public_names():
             if getattr(obj, "__module__", None) != mod.__name__:
                 continue
             out[f"{info.name}.{name}"] = obj
+            if inspect.isclass(obj):        # and the methods the class itself defines
+                for meth, fn in vars(obj).items():
+                    if inspect.isfunction(fn) and (not meth.startswith("_") or meth == "__call__"):
+                        out[f"{info.name}.{name}.{meth}"] = fn
     return out
 
 
@@ -600,8 +628,8 @@ def bad_values(entry, arg, value, default):
                       (2 ** 64, False)]
     if isinstance(value, float):
         return out + [(math.nan, True), (math.inf, True), (-math.inf, True), ("1.0", True), (1j, True),
-                      (True, True), (0.0, False), (-1.0, False), (1e300, False), (-1e300, False),
-                      (1e-300, False)]
+                      (True, True), (0.0, False), (-1.0, False), (1e16, False), (1e300, False),
+                      (-1e300, False), (1e-300, False)]
     if isinstance(value, str):
         if ACCEPTED.get((entry, arg)) == "names":
             return out + [("nonsense", False), (3, True)]
@@ -609,8 +637,10 @@ def bad_values(entry, arg, value, default):
     if isinstance(value, (tuple, list)):
         if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             floats = all(isinstance(v, float) for v in value)
-            out += [("ab", True), ([], False), ([math.nan] * len(value), floats),
+            out += [("ab", True), ([], False), ([math.nan] * len(value), True), (2.5, True),
                     (list(value) + list(value), False), ([10 ** 12] * len(value), False)]
+            if not floats:
+                out.append(([2.5] * len(value), True))
             if floats:
                 out += [([1e300] * len(value), False), ([-1.0] * len(value), False)]
             return out
@@ -651,7 +681,7 @@ def _arguments(entry, kwargs):
     """Every named parameter with its valid value (given, or the default)."""
     out = {}
     for p in _signature(entry).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self":
             continue
         if p.name in kwargs:
             out[p.name] = (kwargs[p.name], p.default if p.default is not p.empty else "required")
@@ -778,10 +808,69 @@ def test_random_bad_arguments(data):
     assert outcome in GOOD, f"{entry}({arg}={_show(bad)}): {outcome} {err!r}"
 
 
+# -- divergence: every diverging run is flagged -------------------------------------------
+# Each engine with a step far too large: it must raise mflib.Diverged or return a
+# result flagged as diverged, holding only finite numbers (the records it computed).
+
+def _flag(res):
+    d = getattr(res, "diverged", None)
+    return bool(torch.as_tensor(d).any()) if d is not None else False
+
+
+DIVERGING = {
+    "erm.sgd": lambda: erm.sgd(X, Y, step=1e3, n_steps=200),
+    "erm.sgd(batch_size)": lambda: erm.sgd(X, Y, step=1e3, n_steps=300, batch_size=2, record_every=7),
+    "landscape.gradient_descent": lambda: landscape.gradient_descent(randn(2) * 30, randn(2, 3) * 30, X, Y * 1e3,
+                                                                     step=1e8, n_steps=40,
+                                                                     activation=lambda z: z ** 3),
+    "backprop.gradient_descent": lambda: backprop.gradient_descent(_bp_params(), X, randn(6, 2), lr=1e6, steps=40),
+    "lazy.train": lambda: lazy.train(*_lazy_model(), randn(5, 2), randn(5), lr=1e6, steps=40),
+    "lazy.train(batch_size)": lambda: lazy.train(*_lazy_model(), randn(5, 2), randn(5), lr=1e6, steps=40,
+                                                 batch_size=2, x_test=randn(3, 2), y_test=randn(3)),
+    "meanfield.train(gd)": lambda: meanfield.train(_theta(), steps=40, lr=1e6, x=X, y=Y, record=[0, 1, 2, 40]),
+    "meanfield.train(sgd)": lambda: meanfield.train(_theta(), steps=40, lr=1e6, method="sgd", teacher=_teacher(),
+                                                    batch=3, record=5),
+    "meanfield.train(population)": lambda: meanfield.train(_theta(), steps=40, lr=1e6, method="population",
+                                                           teacher=_teacher(), record=5),
+    "threelayer.train(flag)": lambda: tl.train(_params_tl(), X, Y * 1e3, lr=1e4, steps=40, on_divergence="flag",
+                                               phi=("identity", "identity", "identity"), snapshots=(0, 40)),
+    "threelayer.train(raise)": lambda: tl.train(_params_tl(), X, Y * 1e3, lr=1e4, steps=40,
+                                                phi=("identity", "identity", "identity")),
+    "threelayer.train_two_layer": lambda: tl.train_two_layer(_two(), X, Y * 1e3, lr=1e8, steps=40),
+    "threelayer.coupled_training": lambda: tl.coupled_training(_emb(), X, Y * 1e3, widths=[2], seeds=1, lr=1e8,
+                                                               steps=40, phi=("identity", "identity", "identity")),
+    "two_timescale.train_sgd": lambda: tt.train_sgd(*_tt_state(), T, 0.05, 1.0, 1e3, 50, generator=g(), n_records=11),
+    "two_timescale.train_fixed_sample": lambda: tt.train_fixed_sample(
+        *tt.additive_step_problem(2, 8, generator=g()), units=2, activation="relu", lr_a=1e100, lr_u=1e100,
+        epochs=3, runs=2, generator=g()),
+}
+
+
+@pytest.mark.parametrize("engine", sorted(DIVERGING))
+def test_diverging_runs_are_flagged(engine):
+    status, res = _call(lambda: DIVERGING[engine](), {})
+    assert status != "hang", f"{engine}: no answer within {TIMEOUT} s"
+    if status == "error":
+        assert isinstance(res, Diverged), f"{engine}: {res!r}"
+        SUMMARY["diverging runs raised"] += 1
+        return
+    assert _flag(res), f"{engine}: the run diverged but is not flagged"
+    assert _finite(res), f"{engine}: a flagged run returned non-finite numbers"
+    # exactly the records it computed: every record series has one entry per recorded step
+    lengths = {name: len(v) if not isinstance(v, torch.Tensor) or v.ndim < 2 else v.shape[-1 if name == "loss" else 0]
+               for name, v in vars(res).items()
+               if name in ("steps", "times", "risk", "objective", "iterates", "thetas", "train_loss", "loss",
+                           "grad_evals") and isinstance(v, (list, torch.Tensor))}
+    if "test_loss" in vars(res) and res.test_loss:
+        lengths["test_loss"] = len(res.test_loss)
+    assert len(set(lengths.values())) <= 1, f"{engine}: record series of different lengths {lengths}"
+    SUMMARY["diverging runs flagged"] += 1
+
+
 def test_zz_summary(request):
     """Print and store the counts (run last: the file's tests run in order)."""
     summary = {
-        "public functions and classes": len(PUBLIC),
+        "public functions, classes and methods": len(PUBLIC),
         "covered by a valid call": len(COVERED),
         "fuzzed with bad arguments": len(FUZZED),
         "calls": SUMMARY["calls"],
@@ -789,6 +878,8 @@ def test_zz_summary(request):
         "valid calls": SUMMARY["valid"],
         "clear errors (ValueError/TypeError naming the argument)": SUMMARY["clear"],
         "diverged (flagged or mflib.Diverged)": SUMMARY["flagged"],
+        "diverging training runs: flagged": SUMMARY["diverging runs flagged"],
+        "diverging training runs: raised mflib.Diverged": SUMMARY["diverging runs raised"],
         "accepted legitimately, finite result": SUMMARY["fine"],
         "errors not naming the argument": SUMMARY["unnamed"],
         "other exceptions (leaked)": SUMMARY["leak"],
