@@ -516,14 +516,8 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             if not bool(ok.all()):
                 raise ValueError(f"{names} give a non-finite risk or gradient at the start (or "
                                  f"positions outside (-10, 10)): their values are out of range")
-            speed0 = float(gu.abs().max())
-            est = tau_max * speed0 / (max_disp * eta) + n_records
-            if est > max_steps:
-                raise ValueError(f"tau_max={tau_max:g} with max_disp={max_disp:g} needs about "
-                                 f"{est:.3g} steps at the initial speed of the neurons, more than "
-                                 f"max_steps={max_steps}: lower tau_max or raise max_disp")
-            _checks.budget(est * B * (m + 1) ** 2 * (6 * m + 30) * 8,
-                           "tau_max, max_disp (with the sizes of u0)")
+            _checks.budget(float(max_steps) * B * (m + 1) ** 2 * (6 * m + 30) * 8,
+                           "max_steps (with the sizes of u0)")
         bad_a = ~ok
         if bool(bad_a.any()):                               # back to the last finite state
             diverged[act[bad_a]] = True
@@ -551,6 +545,13 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
                              f"tau_max or raise max_disp or max_steps")
         speed = gu.abs().max(1).values.cpu()
         ta = tau[act]
+        # steps still needed at the current speeds: far beyond max_steps, the horizon cannot be
+        # reached (tau_max too long, max_disp too small) -- refuse now rather than run for hours
+        need = float(((tau_max - ta) * speed / (max_disp * eta))[live_a].max()) if bool(live_a.any()) else 0.0
+        if not need <= 10 * (max_steps - steps):
+            raise ValueError(f"tau_max={tau_max:g} with max_disp={max_disp:g} needs about {need:.3g} "
+                             f"more steps at the current speed of the neurons, far more than "
+                             f"max_steps={max_steps}: lower tau_max or raise max_disp")
         dtau = torch.minimum(max_disp * eta / speed.clamp(min=1e-300), torch.full_like(ta, dtau_max))
         dtau = torch.minimum(dtau, grid[nxt[act].clamp(max=n_records - 1)] - ta)
         dtau = torch.where(live_a, dtau.clamp(min=0), torch.zeros_like(dtau))

@@ -189,3 +189,28 @@ SEEDED_DEFAULTS = {
 @pytest.mark.parametrize("name", sorted(SEEDED_DEFAULTS))
 def test_bug8_generator_none_is_a_fixed_seed_never_the_global_state(name):
     _same_twice(SEEDED_DEFAULTS[name])
+
+
+# --------------------------------------------------------------------------- hangs
+@pytest.mark.parametrize("kw", [dict(tau_max=1e16), dict(tau_max=1e300), dict(max_disp=1e-300),
+                                dict(max_disp=1e-10)])
+@pytest.mark.parametrize("zero_start", [False, True])
+def test_horizons_that_cannot_finish_are_refused_up_front(kw, zero_start):
+    a, u = _state()
+    if zero_start:          # no initial speed: the estimate must still catch it after the first step
+        a = torch.zeros_like(a)
+    args = dict(tau_max=0.01, max_disp=0.25) | kw
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=name):
+        tt.train_population(a, u, T, ETA, 0.5, args["tau_max"], max_disp=args["max_disp"], n_records=5)
+    with pytest.raises(ValueError, match=name):
+        tt.train_limit(u, T, ETA, args["tau_max"], max_disp=args["max_disp"], n_records=5)
+
+
+def test_sizes_that_cannot_finish_are_refused_up_front():
+    x = torch.eye(2, dtype=D)
+    with pytest.raises(ValueError, match="n_models"):
+        empirical.empirical_nngp(lambda generator: nets.MLP(2, [3], generator=generator), x, n_models=10 ** 12)
+    from mflib import gplimit
+    with pytest.raises(ValueError, match="n_nets"):
+        gplimit.sample_network_outputs(x, n_nets=10 ** 12, width=4, depth=1)
