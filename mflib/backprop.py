@@ -95,7 +95,8 @@ def activation(name):
     if not isinstance(name, str):
         raise TypeError("activation must be a name or a pair (sigma, sigma_prime) of callables, "
                         f"got {type(name).__name__}")
-    _checks.choice(name, "activation", ACTIVATIONS)
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation name must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]
 
 
@@ -105,7 +106,7 @@ _activation = activation
 def _widths(widths):
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
         raise TypeError(f"widths must be a sequence of ints, got {type(widths).__name__}")
-    widths = [_checks.integer(m, "widths", minimum=1) for m in widths]
+    widths = [_checks.size(m, "widths") for m in widths]
     if len(widths) < 2:
         raise ValueError(f"widths must hold at least an input and an output width, got {widths}")
     return widths
@@ -126,8 +127,7 @@ def param_count(widths, *, bias: bool = True) -> int:
         Count the biases.
     """
     widths = _widths(widths)
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+    _checks.flag(bias, "bias")
     return sum(a * b + (b if bias else 0) for a, b in zip(widths[:-1], widths[1:]))
 
 
@@ -163,8 +163,11 @@ def init_params(widths, *, weight_var: float = 2.0, bias_std: float = 0.0, bias:
     widths = _widths(widths)
     weight_var = _checks.real(weight_var, "weight_var", nonnegative=True)
     bias_std = _checks.real(bias_std, "bias_std", nonnegative=True)
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+    _checks.flag(bias, "bias")
+    seed = _checks.seed(seed)
+    dtype = _checks.dtype(dtype)
+    device = None if device is None else _checks.device(device)
+    _checks.elements(sum(a * b + b for a, b in zip(widths[:-1], widths[1:])), "widths")
     g = _generator(seed)
     params = []
     for m_in, m_out in zip(widths[:-1], widths[1:]):
@@ -179,14 +182,17 @@ def init_params(widths, *, weight_var: float = 2.0, bias_std: float = 0.0, bias:
 def _check_params(params):
     if not isinstance(params, (list, tuple)) or not params:
         raise TypeError("params must be a non-empty list of (W, b) pairs")
+    first = params[0][0] if isinstance(params[0], (list, tuple)) and params[0] else None
     prev = None
     for k, pair in enumerate(params):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise TypeError(f"params[{k}] must be a pair (W, b)")
         W, b = pair
         _checks.tensor(W, f"params[{k}][0]", ndim=2)
+        _checks.matching(W, first, f"params[{k}][0]", "params[0][0]")
         if b is not None:
             _checks.tensor(b, f"params[{k}][1]", ndim=1)
+            _checks.matching(b, first, f"params[{k}][1]", "params[0][0]")
             if b.shape[0] != W.shape[0]:
                 raise ValueError(f"params[{k}]: bias of length {b.shape[0]} for {W.shape[0]} rows")
         if prev is not None and W.shape[1] != prev:
@@ -232,9 +238,11 @@ def forward(params, x: torch.Tensor, *, activation="relu", check: bool = True) -
         Validate the arguments (switch off inside timing loops).
     """
     sigma, _ = _activation(activation)
+    check = _checks.flag(check, "check")
     if check:
         _check_params(params)
-        _checks.tensor(x, "x", ndim=2)
+        _checks.tensor(x, "x", ndim=2, nonempty=True)
+        _checks.matching(x, params[0][0], "x", "params")
         if x.shape[1] != params[0][0].shape[1]:
             raise ValueError(f"x has {x.shape[1]} columns, the first layer expects "
                              f"{params[0][0].shape[1]}")
@@ -276,11 +284,17 @@ def backward(params, cache: Cache, grad_output: torch.Tensor, *, activation="rel
         the list of :math:`\delta y^\ell` when ``return_deltas``.
     """
     _, dsigma = _activation(activation)
+    check = _checks.flag(check, "check")
+    return_deltas = _checks.flag(return_deltas, "return_deltas")
     if check:
         _check_params(params)
         if not isinstance(cache, Cache):
             raise TypeError(f"cache must be a Cache, got {type(cache).__name__}")
+        if len(cache.ys) != len(params) or len(cache.xs) != len(params):
+            raise ValueError(f"cache must come from a forward pass through {len(params)} layers, "
+                             f"got {len(cache.ys)}")
         _checks.tensor(grad_output, "grad_output", ndim=2)
+        _checks.matching(grad_output, params[0][0], "grad_output", "params")
         if grad_output.shape != cache.output.shape:
             raise ValueError(f"grad_output has shape {tuple(grad_output.shape)}, the output "
                              f"has shape {tuple(cache.output.shape)}")
@@ -310,6 +324,7 @@ def mse_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"
     """
     cache = forward(params, x, activation=activation)
     _checks.tensor(y, "y", ndim=2)
+    _checks.matching(y, x, "y", "x")
     if y.shape != cache.output.shape:
         raise ValueError(f"y has shape {tuple(y.shape)}, the output has shape "
                          f"{tuple(cache.output.shape)}")
@@ -322,6 +337,15 @@ def mse_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"
 def autograd_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"):
     """Same as :func:`mse_gradients`, computed by ``torch.autograd`` (reverse mode)."""
     _check_params(params)
+    _checks.tensor(x, "x", ndim=2, nonempty=True)
+    _checks.matching(x, params[0][0], "x", "params")
+    if x.shape[1] != params[0][0].shape[1]:
+        raise ValueError(f"x has {x.shape[1]} columns, the first layer expects {params[0][0].shape[1]}")
+    _checks.tensor(y, "y", ndim=2)
+    _checks.matching(y, x, "y", "x")
+    if y.shape != (x.shape[0], params[-1][0].shape[0]):
+        raise ValueError(f"y has shape {tuple(y.shape)}, the output has shape "
+                         f"{(x.shape[0], params[-1][0].shape[0])}")
     leaves = [(W.detach().clone().requires_grad_(True),
                None if b is None else b.detach().clone().requires_grad_(True)) for W, b in params]
     with torch.enable_grad():
@@ -335,6 +359,18 @@ def autograd_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="
 
 def relative_error(grads_a, grads_b) -> float:
     r"""Largest relative error :math:`\lVert a-b\rVert / \lVert b\rVert` over all gradient tensors."""
+    for name, g in (("grads_a", grads_a), ("grads_b", grads_b)):
+        if not isinstance(g, (list, tuple)) or not g:
+            raise TypeError(f"{name} must be a non-empty list of (dW, db) pairs")
+        for k, pair in enumerate(g):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise TypeError(f"{name}[{k}] must be a pair (dW, db)")
+            for j, t in enumerate(pair):
+                if t is not None:
+                    _checks.tensor(t, f"{name}[{k}][{j}]")
+    if len(grads_a) != len(grads_b):
+        raise ValueError(f"grads_a and grads_b must have the same number of layers, "
+                         f"got {len(grads_a)} and {len(grads_b)}")
     worst = 0.0
     for (wa, ba), (wb, bb) in zip(grads_a, grads_b):
         for a, b in ((wa, wb), (ba, bb)):
@@ -342,6 +378,7 @@ def relative_error(grads_a, grads_b) -> float:
                 continue
             if a is None or b is None:
                 raise ValueError("grads_a and grads_b disagree about which layers have biases")
+            _checks.same_shape(a, b, "grads_a", "grads_b")
             nb = float(torch.linalg.norm(b))
             err = float(torch.linalg.norm(a - b))
             worst = max(worst, err / nb if nb > 0 else err)
@@ -368,7 +405,10 @@ def gradient_descent(params, x: torch.Tensor, y: torch.Tensor, *, lr: float, ste
 
     _check_params(params)
     lr = _checks.real(lr, "lr", positive=True)
-    steps = _checks.integer(steps, "steps", minimum=0)
+    steps = _checks.size(steps, "steps", minimum=0)
+    _checks.tensor(x, "x", ndim=2)
+    _checks.budget(6.0 * (steps + 1) * x.shape[0] * sum(W.numel() for W, _ in params),
+                   "steps, x and params")
     params = [(W.clone(), None if b is None else b.clone()) for W, b in params]
     losses = []
     for k in range(steps + 1):
@@ -439,9 +479,15 @@ def time_forward_backward(widths, *, batch: int = 128, repeats: int = 21, activa
         machine.
     """
     widths = _widths(widths)
-    batch = _checks.integer(batch, "batch", minimum=1)
-    repeats = _checks.integer(repeats, "repeats", minimum=3)
-    threads = _checks.integer(threads, "threads", minimum=1)
+    batch = _checks.size(batch, "batch")
+    repeats = _checks.size(repeats, "repeats", minimum=3, maximum=10 ** 4)
+    threads = _checks.integer(threads, "threads", minimum=1, maximum=max(1, torch.get_num_threads(), 1024))
+    dtype = _checks.dtype(dtype)
+    seed = _checks.seed(seed) % (2 ** 63 - 1)
+    _activation(activation)
+    weights = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    _checks.elements(4 * weights + 2 * batch * sum(widths), "widths and batch")
+    _checks.budget(12.0 * (repeats + 1) * batch * weights, "widths, batch and repeats")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -66,9 +66,10 @@ PARAMETER_PREFIX = "mflib-parameter/"
 _LEDGER: list["Claim"] = []
 
 
-class ClaimFailed(AssertionError):
+class ClaimFailed(AssertionError, ValueError):
     """A claim of a page does not hold: the measured value lies outside the
-    interval that the theory and the sampling error allow."""
+    interval that the theory and the sampling error allow (an
+    ``AssertionError``, and a ``ValueError`` about the argument ``value``)."""
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,12 @@ def claim(key: str, value, *, what: str, tolerance: str, source: str,
     _LEDGER.append(c)
     _glue(RECORD_PREFIX + key, _Record(c.to_json()))
     if not passed:
-        raise ClaimFailed(f"claim {key!r} ({what}) does not hold: measured {val:.6g}, "
-                          f"expected {c.prediction_text()}; tolerance: {tolerance}; source: {source}")
+        given = ", ".join(f"{name}={v!r}" for name, v in
+                          (("predicted", predicted), ("atol", atol), ("rtol", rtol), ("sigmas", sigmas),
+                           ("se", se), ("lower", lower), ("upper", upper)) if v is not None)
+        raise ClaimFailed(f"claim {key!r} ({what}) does not hold: measured value {val:.6g}, "
+                          f"expected {c.prediction_text()} (from {given}); tolerance: {tolerance}; "
+                          f"source: {source}")
     _glue(key, val)
     return c
 
@@ -287,10 +292,30 @@ def parameter(key: str, value, *, what: str = ""):
     """
     key = _key(key)
     _text(what, "what", required=False)
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
-    _glue(key, value)
+    shown = _parameter_value(value)
+    _glue(key, shown)
     _glue(PARAMETER_PREFIX + key, _Record({"key": key, "value": repr(value), "what": what}))
+    return value
+
+
+def _parameter_value(value):
+    """A parameter as it is shown: a finite real or int, a string, or a flat
+    list/tuple of those (a 0-d or 1-d tensor is converted)."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim > 1 or value.is_complex():
+            raise ValueError(f"value must be a number, a string or a flat sequence, got a tensor of shape "
+                             f"{tuple(value.shape)} and dtype {value.dtype}")
+        value = value.item() if value.ndim == 0 else value.tolist()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and not value:
+        raise ValueError("value must not be an empty sequence")
+    for v in items:
+        if isinstance(v, str):
+            continue
+        if isinstance(v, bool) or not isinstance(v, Real):
+            raise TypeError(f"value must be a number, a string or a flat sequence of those, got {type(v).__name__}")
+        if not math.isfinite(float(v)):
+            raise ValueError(f"value must be finite, got {v}")
     return value
 
 

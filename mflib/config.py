@@ -23,6 +23,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from mflib import _checks
+
 __all__ = ["device", "quick", "sizes", "seed_everything", "DTYPE", "generator"]
 
 #: The library's default floating dtype, ``torch.float64``, because most of
@@ -89,7 +91,7 @@ def seed_everything(seed: int) -> torch.Generator:
     Parameters
     ----------
     seed : int
-        A non-negative integer.
+        An integer in :math:`[0, 2^{63})`.
 
     Returns
     -------
@@ -98,11 +100,7 @@ def seed_everything(seed: int) -> torch.Generator:
         draw random numbers so that a cell's results do not depend on what
         ran before it.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    seed = int(seed)
+    seed = _checks.seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -114,12 +112,9 @@ def generator(seed: int) -> torch.Generator:
 
     Random draws in :mod:`mflib` are made on the CPU with an explicit
     generator and then moved to the target device, so that a seed gives the
-    same numbers on every device.
+    same numbers on every device.  ``seed`` is an integer in :math:`[0, 2^{63})`.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    seed = _checks.seed(seed)
     g = torch.Generator(device="cpu")
-    g.manual_seed(int(seed))
+    g.manual_seed(seed)
     return g

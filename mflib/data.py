@@ -63,16 +63,12 @@ class Dataset:
 
 
 def _check_common(n, d, generator, dtype, device):
-    n = _checks.integer(n, "n", minimum=1)
-    d = _checks.integer(d, "d", minimum=1)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator.device.type != "cpu":
-        raise ValueError("generator must be a CPU generator (draw on the CPU, then move)")
-    dtype = DTYPE if dtype is None else dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    device = _default_device() if device is None else torch.device(device)
+    n = _checks.size(n, "n")
+    d = _checks.size(d, "d")
+    _checks.elements(n * (d + 2), "n and d")
+    _checks.generator(generator)
+    dtype = _checks.dtype(dtype, default=DTYPE)
+    device = _checks.device(device, default=_default_device)
     return n, d, dtype, device
 
 
@@ -96,7 +92,7 @@ def linear_regression(n: int, d: int, *, noise: float = 0.5, w_star: torch.Tenso
         The true parameter, shape ``(d,)``; by default drawn uniformly on the
         unit sphere (so that :math:`\operatorname{Var}\langle w^\star, x\rangle = 1`).
     generator : torch.Generator
-        CPU generator the draws come from.
+        CPU generator the draws come from (``None``: ``mflib.generator(0)``).
     dtype : torch.dtype, optional
         Default :data:`mflib.config.DTYPE`.
     device : torch.device or str, optional
@@ -108,6 +104,7 @@ def linear_regression(n: int, d: int, *, noise: float = 0.5, w_star: torch.Tenso
         With ``truth`` :math:`= w^\star` and ``noise`` :math:`= \sigma`.
     """
     n, d, dtype, device = _check_common(n, d, generator, dtype, device)
+    generator = _checks.generator(generator)
     noise = _checks.real(noise, "noise", nonnegative=True)
     if w_star is None:
         w_star = torch.randn(d, generator=generator, dtype=dtype)
@@ -141,12 +138,14 @@ def linear_population_risk(w: torch.Tensor, w_star: torch.Tensor, noise: float) 
         :math:`\sigma \ge 0`.
     """
     w = _checks.tensor(w, "w", ndim=(1, 2))
-    w_star = _checks.tensor(w_star, "w_star", ndim=1)
+    w_star = _checks.tensor(w_star, "w_star", ndim=1, nonempty=True)
+    _checks.matching(w, w_star, "w", "w_star")
     noise = _checks.real(noise, "noise", nonnegative=True)
     if w.shape[-1] != w_star.shape[0]:
-        raise ValueError(f"w must have {w_star.shape[0]} entries in its last dimension, "
+        raise ValueError(f"w must have {w_star.shape[0]} entries in its last dimension (as w_star), "
                          f"got shape {tuple(w.shape)}")
-    return 0.5 * ((w - w_star) ** 2).sum(dim=-1) + 0.5 * noise ** 2
+    return _checks.finite_result(0.5 * ((w - w_star) ** 2).sum(dim=-1) + 0.5 * noise ** 2,
+                                 "the risk", "w, w_star or noise (their scale)")
 
 
 def gaussian_mixture(n: int, d: int, *, separation: float = 2.0, generator: torch.Generator,
@@ -181,6 +180,7 @@ def gaussian_mixture(n: int, d: int, *, separation: float = 2.0, generator: torc
         Labels in :math:`\{-1, +1\}` (floating point), ``truth`` :math:`= \mu`.
     """
     n, d, dtype, device = _check_common(n, d, generator, dtype, device)
+    generator = _checks.generator(generator)
     separation = _checks.real(separation, "separation", nonnegative=True)
     mu = torch.zeros(d, dtype=dtype)
     mu[0] = separation / 2
@@ -233,6 +233,7 @@ def nonlinear_1d(n: int, *, target: str = "sine", noise: float = 0.1,
         Inputs of shape ``(n, 1)``; ``truth`` is ``None``.
     """
     n, _, dtype, device = _check_common(n, 1, generator, dtype, device)
+    generator = _checks.generator(generator)
     target = _checks.choice(target, "target", TARGETS)
     noise = _checks.real(noise, "noise", nonnegative=True)
     x = 2.0 * torch.rand(n, 1, generator=generator, dtype=dtype) - 1.0

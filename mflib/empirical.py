@@ -33,16 +33,13 @@ __all__ = ["empirical_ntk", "empirical_nngp", "feature_nngp", "jacobian"]
 
 
 def _check_pair(x1, x2):
-    _checks.tensor(x1, "x1", ndim=2)
+    _checks.tensor(x1, "x1", ndim=2, nonempty=True)
     if x2 is not None:
-        _checks.tensor(x2, "x2", ndim=2)
+        _checks.tensor(x2, "x2", ndim=2, nonempty=True)
         if x2.shape[1] != x1.shape[1]:
             raise ValueError(f"x2 must have the same number of columns as x1, "
                              f"got {x2.shape[1]} and {x1.shape[1]}")
-        if x2.dtype != x1.dtype:
-            raise TypeError(f"x2 must have the dtype of x1, got {x2.dtype} and {x1.dtype}")
-        if x2.device != x1.device:
-            raise ValueError(f"x2 must be on the device of x1, got {x2.device} and {x1.device}")
+        _checks.matching(x2, x1, "x2", "x1")
 
 
 def _check_module(model, name="model"):
@@ -73,9 +70,9 @@ def jacobian(model, x, *, chunk_size=None) -> dict[str, torch.Tensor]:
         Maps every trainable parameter name to a tensor of shape ``(n, *shape)``.
     """
     _check_module(model)
-    _checks.tensor(x, "x", ndim=2)
+    _checks.tensor(x, "x", ndim=2, nonempty=True)
     if chunk_size is not None:
-        chunk_size = _checks.integer(chunk_size, "chunk_size", minimum=1)
+        chunk_size = _checks.size(chunk_size, "chunk_size")
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     if not params:
         raise ValueError("model must have at least one trainable parameter")
@@ -154,7 +151,9 @@ def empirical_nngp(factory, x1, x2=None, *, n_models=256, generator=None) -> tor
     n_models : int, optional
         Number :math:`M` of independent initialisations.
     generator : torch.Generator, optional
-        CPU generator passed to every ``factory`` call (the global one if omitted).
+        CPU generator passed to every ``factory`` call (``mflib.generator(0)``
+        if omitted, never the global random state).
+        ``n_models`` is at most :math:`10^6` (each model is built in Python).
 
     Returns
     -------
@@ -165,10 +164,10 @@ def empirical_nngp(factory, x1, x2=None, *, n_models=256, generator=None) -> tor
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
     _check_pair(x1, x2)
-    n_models = _checks.integer(n_models, "n_models", minimum=1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    n_models = _checks.size(n_models, "n_models", maximum=10 ** 6)
+    generator = _checks.generator(generator)
     xs = x1 if x2 is None else torch.cat([x1, x2])
+    _checks.elements(n_models * xs.shape[0], "n_models and x1, x2")
     outs = []
     with torch.no_grad():
         for _ in range(n_models):

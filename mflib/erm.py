@@ -37,8 +37,9 @@ __all__ = ["predict", "objective", "ridge", "smoothness", "Run", "sgd"]
 
 
 def _xy(x, y):
-    x = _checks.tensor(x, "x", ndim=2)
+    x = _checks.tensor(x, "x", ndim=2, nonempty=True)
     y = _checks.tensor(y, "y", ndim=1)
+    _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     return x, y
 
@@ -48,10 +49,12 @@ def _check_labels(y, loss):
         raise ValueError(f"y must hold classification labels in {{-1, +1}} for the {loss.name} loss")
 
 
-def _w(w, p):
-    w = _checks.tensor(w, "w", ndim=(1, 2))
+def _w(w, x, name="w"):
+    p = x.shape[1]
+    w = _checks.tensor(w, name, ndim=(1, 2))
+    _checks.matching(w, x, name, "x")
     if w.shape[-1] != p:
-        raise ValueError(f"w must have {p} entries in its last dimension (one per input "
+        raise ValueError(f"{name} must have {p} entries in its last dimension (one per input "
                          f"feature), got shape {tuple(w.shape)}")
     return w
 
@@ -72,7 +75,7 @@ def predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         Shape ``(n,)``, or ``(k, n)``.
     """
     x = _checks.tensor(x, "x", ndim=2)
-    w = _w(w, x.shape[1])
+    w = _w(w, x)
     return w @ x.T
 
 
@@ -106,11 +109,12 @@ def objective(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, loss="square
         Regularisation strength :math:`\lambda \ge 0`.
     """
     x, y = _xy(x, y)
-    w = _w(w, x.shape[1])
+    w = _w(w, x)
     loss = _losses.get(loss)
     lam = _checks.real(lam, "lam", nonnegative=True)
     _check_labels(y, loss)
-    return _objective(w, x, y, loss, lam)
+    return _checks.finite_result(_objective(w, x, y, loss, lam), "the objective",
+                                 "w, x, y or lam (their scale)")
 
 
 def ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
@@ -136,12 +140,18 @@ def ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
     x, y = _xy(x, y)
     lam = _checks.real(lam, "lam", nonnegative=True)
     n, p = x.shape
+    names = "x, y or lam (their scale)"
     if lam == 0.0:
         driver = "gelsd" if x.device.type == "cpu" else None
-        return torch.linalg.lstsq(x, y[:, None], driver=driver).solution[:, 0]
+        return _checks.finite_result(torch.linalg.lstsq(x, y[:, None], driver=driver).solution[:, 0],
+                                     "the least-squares solution", names)
     a = x.T @ x / n + lam * torch.eye(p, dtype=x.dtype, device=x.device)
-    chol = torch.linalg.cholesky(a)
-    return torch.cholesky_solve((x.T @ y / n)[:, None], chol)[:, 0]
+    _checks.finite_result(a, "X^T X / n + lam I", names)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        raise ValueError(f"X^T X / n + lam I is not numerically positive definite: {names}")
+    return _checks.finite_result(torch.cholesky_solve((x.T @ y / n)[:, None], chol)[:, 0],
+                                 "the ridge solution", names)
 
 
 def smoothness(x: torch.Tensor, *, loss="square", lam: float = 0.0) -> tuple[float, float]:
@@ -164,10 +174,11 @@ def smoothness(x: torch.Tensor, *, loss="square", lam: float = 0.0) -> tuple[flo
     (float, float)
         ``(L, mu)``.
     """
-    x = _checks.tensor(x, "x", ndim=2)
+    x = _checks.tensor(x, "x", ndim=2, nonempty=True)
     loss = _losses.get(loss)
     lam = _checks.real(lam, "lam", nonnegative=True)
-    eig = torch.linalg.eigvalsh(x.T @ x / x.shape[0])
+    eig = _checks.finite_result(torch.linalg.eigvalsh(x.T @ x / x.shape[0]),
+                                "the eigenvalues of X^T X / n", "x (its scale)")
     mu = lam + (max(float(eig[0]), 0.0) if loss.name == "square" else 0.0)
     if not loss.smooth:
         return math.inf, mu
@@ -247,7 +258,7 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
     w0 : torch.Tensor, optional
         Initial point, shape ``(p,)``; zero by default.
     generator : torch.Generator, optional
-        CPU generator for the batches; required when ``batch_size`` is set.
+        CPU generator for the batches (``mflib.generator(0)`` if omitted).
     record_every : int
         Record the objective and the iterate every this many steps (and at the
         first and last step).
@@ -260,24 +271,26 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
     loss = _losses.get(loss)
     lam = _checks.real(lam, "lam", nonnegative=True)
     step = _checks.real(step, "step", positive=True)
-    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    n_steps = _checks.size(n_steps, "n_steps")
+    record_every = _checks.size(record_every, "record_every")
     power = _checks.real(power, "power", positive=True)
     if decay is not None:
         decay = _checks.real(decay, "decay", positive=True)
     n, p = x.shape
     _check_labels(y, loss)
+    generator = _checks.generator(generator)
     if batch_size is not None:
-        batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
-        if not isinstance(generator, torch.Generator):
-            raise TypeError("generator must be a torch.Generator when batch_size is set, "
-                            f"got {type(generator).__name__}")
-        idx = torch.randint(0, n, (n_steps, batch_size), generator=generator).to(x.device)
+        batch_size = _checks.size(batch_size, "batch_size")
+        _checks.elements(n_steps * batch_size, "n_steps and batch_size")
     per_step = n if batch_size is None else batch_size
+    _checks.budget(4.0 * n_steps * (per_step + 50) * p + 2.0 * (n_steps / record_every) * n * p,
+                   "n_steps, batch_size, record_every and x")
+    if batch_size is not None:
+        idx = torch.randint(0, n, (n_steps, batch_size), generator=generator).to(x.device)
     if w0 is None:
         w0 = torch.zeros(p, dtype=x.dtype, device=x.device)
     else:
-        w0 = _w(w0, p)
+        w0 = _w(w0, x, "w0")
         if w0.ndim != 1:
             raise ValueError(f"w0 must have shape ({p},), got {tuple(w0.shape)}")
     w = w0.detach().clone().to(x.dtype)
@@ -288,7 +301,8 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
 
     steps, values, iterates = [0], [], []
     with torch.no_grad():
-        values.append(_objective(w, x, y, loss, lam))
+        values.append(_checks.finite_result(_objective(w, x, y, loss, lam), "the initial objective",
+                                            "w0, x, y or lam (their scale)"))
         iterates.append(w.detach().clone())
     diverged = False
     for k in range(n_steps):

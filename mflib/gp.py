@@ -33,11 +33,19 @@ from mflib import _checks
 __all__ = ["sample_gp", "GPPosterior", "gp_regression", "Flow", "gradient_flow", "Linearized"]
 
 
-def _square(k, name):
-    _checks.tensor(k, name, ndim=2)
+def _square(k, name, like=None, like_name=None):
+    _checks.tensor(k, name, ndim=2, nonempty=True)
     if k.shape[0] != k.shape[1]:
         raise ValueError(f"{name} must be square, got shape {tuple(k.shape)}")
+    if like is not None:
+        _checks.matching(k, like, name, like_name)
     return k
+
+
+def _vector(v, name, like, like_name="K_train"):
+    _checks.tensor(v, name, ndim=1)
+    _checks.matching(v, like, name, like_name)
+    return v
 
 
 def _sym_eigh(k):
@@ -64,7 +72,8 @@ def sample_gp(K, n_samples=1, *, mean=None, generator=None) -> torch.Tensor:
     mean : torch.Tensor, optional
         Mean vector, shape ``(n,)``; zero if omitted.
     generator : torch.Generator, optional
-        CPU generator for :math:`z` (drawn on the CPU, then moved to ``K``'s device).
+        CPU generator for :math:`z` (drawn on the CPU, then moved to ``K``'s
+        device); ``mflib.generator(0)`` if omitted, never the global random state.
 
     Returns
     -------
@@ -72,12 +81,13 @@ def sample_gp(K, n_samples=1, *, mean=None, generator=None) -> torch.Tensor:
         Shape ``(n_samples, n)``, on the device and in the dtype of ``K``.
     """
     _square(K, "K")
-    n_samples = _checks.integer(n_samples, "n_samples", minimum=1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    n_samples = _checks.size(n_samples, "n_samples")
+    generator = _checks.generator(generator)
     n = K.shape[0]
+    _checks.elements(n_samples * n, "n_samples")
     if mean is not None:
         _checks.tensor(mean, "mean", ndim=1)
+        _checks.matching(mean, K, "mean", "K")
         if mean.shape[0] != n:
             raise ValueError(f"mean must have length {n}, got {mean.shape[0]}")
     lam, vec = _sym_eigh(K)
@@ -148,19 +158,23 @@ def gp_regression(K_train, K_test_train, y_train, *, K_test=None, noise=0.0,
     """
     _square(K_train, "K_train")
     n = K_train.shape[0]
-    _checks.tensor(K_test_train, "K_test_train", ndim=2)
+    _checks.tensor(K_test_train, "K_test_train", ndim=2, nonempty=True)
+    _checks.matching(K_test_train, K_train, "K_test_train", "K_train")
     if K_test_train.shape[1] != n:
         raise ValueError(f"K_test_train must have {n} columns (the training points), "
                          f"got shape {tuple(K_test_train.shape)}")
-    _checks.tensor(y_train, "y_train", ndim=1)
+    _vector(y_train, "y_train", K_train)
     if y_train.shape[0] != n:
         raise ValueError(f"y_train must have length {n}, got {y_train.shape[0]}")
     if K_test is not None:
-        _square(K_test, "K_test")
+        _square(K_test, "K_test", K_train, "K_train")
         if K_test.shape[0] != K_test_train.shape[0]:
-            raise ValueError(f"K_test must be {K_test_train.shape[0]} x {K_test_train.shape[0]}, "
+            raise ValueError(f"K_test must be {K_test_train.shape[0]} x {K_test_train.shape[0]} (the rows "
+                             f"of K_test_train), "
                              f"got shape {tuple(K_test.shape)}")
     noise = _checks.real(noise, "noise", nonnegative=True)
+    if noise ** 2 > torch.finfo(K_train.dtype).max / 4:
+        raise ValueError(f"noise={noise:g} is too large for {K_train.dtype}: its square overflows")
     if rcond is None:
         rcond = n * torch.finfo(K_train.dtype).eps
     rcond = _checks.real(rcond, "rcond", nonnegative=True)
@@ -176,6 +190,9 @@ def gp_regression(K_train, K_test_train, y_train, *, K_test=None, noise=0.0,
     if K_test is not None:
         cov = K_test - (a * inv) @ a.T
         cov = (cov + cov.T) * 0.5
+    _checks.finite_result(mean, "the posterior mean", "K_train, K_test_train, y_train or noise")
+    if cov is not None:
+        _checks.finite_result(cov, "the posterior covariance", "K_train, K_test, K_test_train or noise")
     return GPPosterior(mean=mean, cov=cov)
 
 
@@ -242,12 +259,14 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
     """
     _square(K_train, "K_train")
     n = K_train.shape[0]
-    _checks.tensor(y_train, "y_train", ndim=1)
+    _vector(y_train, "y_train", K_train)
     if y_train.shape[0] != n:
         raise ValueError(f"y_train must have length {n}, got {y_train.shape[0]}")
     lr = _checks.real(lr, "lr", positive=True)
     if isinstance(t, torch.Tensor):
         _checks.tensor(t, "t", ndim=(0, 1))
+        if t.numel() and float(t.abs().max()) > _checks.MAX_REAL:
+            raise ValueError("t is too large: the computation would overflow")
         t = t.reshape(-1).to(K_train)
     else:
         t = torch.tensor([_checks.real(t, "t")], dtype=K_train.dtype, device=K_train.device)
@@ -256,20 +275,22 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
     if h0_train is None:
         h0_train = torch.zeros_like(y_train)
     else:
-        _checks.tensor(h0_train, "h0_train", ndim=1)
+        _vector(h0_train, "h0_train", K_train)
         if h0_train.shape[0] != n:
             raise ValueError(f"h0_train must have length {n}, got {h0_train.shape[0]}")
     if K_test_train is not None:
-        _checks.tensor(K_test_train, "K_test_train", ndim=2)
+        _checks.tensor(K_test_train, "K_test_train", ndim=2, nonempty=True)
+        _checks.matching(K_test_train, K_train, "K_test_train", "K_train")
         if K_test_train.shape[1] != n:
             raise ValueError(f"K_test_train must have {n} columns, got shape "
                              f"{tuple(K_test_train.shape)}")
         if h0_test is None:
             h0_test = torch.zeros(K_test_train.shape[0], dtype=K_train.dtype, device=K_train.device)
         else:
-            _checks.tensor(h0_test, "h0_test", ndim=1)
+            _vector(h0_test, "h0_test", K_train)
             if h0_test.shape[0] != K_test_train.shape[0]:
-                raise ValueError(f"h0_test must have length {K_test_train.shape[0]}, "
+                raise ValueError(f"h0_test must have length {K_test_train.shape[0]} (the rows of "
+                                 f"K_test_train), "
                                  f"got {h0_test.shape[0]}")
     elif h0_test is not None:
         raise ValueError("h0_test needs K_test_train")
@@ -286,6 +307,10 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
         gain = torch.where(lam[None, :] > tiny, -torch.expm1(-t[:, None] * lam[None, :]) / safe,
                            t[:, None].expand(-1, n))      # (1 - e^{-t lam}) / lam
         test = h0_test - lr * (gain * r0) @ (K_test_train @ vec).T
+    names = "K_train, y_train, h0_train, t or lr"
+    _checks.finite_result(train, "the flow on the training points", names)
+    if test is not None:
+        _checks.finite_result(test, "the flow on the test points", names + ", K_test_train or h0_test")
     return Flow(t=t, train=train, test=test)
 
 
@@ -346,6 +371,8 @@ class Linearized(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate :math:`h(x; w_0) + \\partial_w h(x; w_0)\\,(w - w_0)`."""
+        _checks.tensor(x, "x")
+        _checks.matching(x, self.params[0], "x", "the model's parameters")
         buffers = dict(self._model.named_buffers())
 
         def f(p):

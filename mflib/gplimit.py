@@ -65,6 +65,7 @@ def radial_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str
     if x2 is None:
         x2 = x1
     _checks.tensor(x2, "x2", ndim=2)
+    _checks.matching(x2, x1, "x2", "x1")
     if x1.shape[1] != x2.shape[1]:
         raise ValueError(f"x1 and x2 must have the same number of columns, got {x1.shape[1]} "
                          f"and {x2.shape[1]}")
@@ -73,8 +74,9 @@ def radial_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str
     _checks.choice(kind, "kind", RADIAL)
     lengthscale = _checks.real(lengthscale, "lengthscale", positive=True)
     variance = _checks.real(variance, "variance", positive=True)
+    _checks.elements(x1.shape[0] * x2.shape[0], "x1 and x2")
     r = torch.cdist(x1, x2) / lengthscale
-    return variance * RADIAL[kind](r)
+    return _checks.finite_result(variance * RADIAL[kind](r), "the kernel", "variance or lengthscale")
 
 
 def sample_network_outputs(x: torch.Tensor, *, n_nets: int, width: int, depth: int,
@@ -114,18 +116,22 @@ def sample_network_outputs(x: torch.Tensor, *, n_nets: int, width: int, depth: i
     """
     from mflib.nets import resolve_activation
 
-    _checks.tensor(x, "x", ndim=2)
-    n_nets = _checks.integer(n_nets, "n_nets", minimum=1)
-    width = _checks.integer(width, "width", minimum=1)
-    depth = _checks.integer(depth, "depth", minimum=1)
+    _checks.tensor(x, "x", ndim=2, nonempty=True)
+    n_nets = _checks.size(n_nets, "n_nets")
+    width = _checks.size(width, "width")
+    depth = _checks.size(depth, "depth")
     weight_std = _checks.real(weight_std, "weight_std", positive=True)
     bias_std = _checks.real(bias_std, "bias_std", nonnegative=True)
     _, phi, _ = resolve_activation(activation)
+    seed = _checks.seed(seed)
     n, d = x.shape
     per_net = d * width + (depth - 1) * width * width + width
+    _checks.elements(n_nets * n, "n_nets and x")
+    _checks.budget(2.0 * n_nets * per_net * (n + 1), "n_nets, width, depth and x")
     if chunk is None:
         chunk = max(1, min(n_nets, (1 << 22) // per_net))
-    chunk = _checks.integer(chunk, "chunk", minimum=1)
+    chunk = _checks.size(chunk, "chunk")
+    _checks.elements(chunk * max(per_net, n * width), "chunk, width and depth")
     g = _generator(seed)
     out = []
     done = 0
@@ -143,7 +149,8 @@ def sample_network_outputs(x: torch.Tensor, *, n_nets: int, width: int, depth: i
             n_in = n_out
         out.append(h[:, :, 0])
         done += c
-    return torch.cat(out)
+    return _checks.finite_result(torch.cat(out), "the network outputs",
+                                 "weight_std, bias_std, depth or the scale of x")
 
 
 def excess_kurtosis(samples: torch.Tensor) -> torch.Tensor:
@@ -152,7 +159,11 @@ def excess_kurtosis(samples: torch.Tensor) -> torch.Tensor:
     if samples.shape[0] < 4:
         raise ValueError(f"samples must hold at least 4 draws, got {samples.shape[0]}")
     c = samples - samples.mean(0)
-    return (c ** 4).mean(0) / (c ** 2).mean(0) ** 2 - 3
+    var = (c ** 2).mean(0)
+    if bool((var == 0).any()):
+        raise ValueError("samples must not be constant (the kurtosis of a constant is undefined)")
+    return _checks.finite_result((c ** 4).mean(0) / var ** 2 - 3, "the kurtosis",
+                                 "samples (their scale)")
 
 
 def ks_distance(samples: torch.Tensor, std: float) -> float:

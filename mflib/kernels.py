@@ -109,7 +109,7 @@ def _relu_moments(s12, v1, v2, need_dot):
     prod = v1 * v2
     root = torch.sqrt(torch.clamp(prod - s12 * s12, min=0.0))
     theta = torch.atan2(root, s12)
-    k0 = arccos.kappa0(theta)
+    k0 = arccos._kappa0(theta)
     e = root * (1.0 / (2 * math.pi)) + k0 * s12
     return e, (k0 if need_dot else None)
 
@@ -241,10 +241,7 @@ def _check_inputs(x1, x2):
                          f"got {x2.shape[1]} and {x1.shape[1]}")
     if x2.shape[0] == 0:
         raise ValueError(f"x2 must be non-empty, got shape {tuple(x2.shape)}")
-    if x2.dtype != x1.dtype:
-        raise TypeError(f"x2 must have the dtype of x1, got {x2.dtype} and {x1.dtype}")
-    if x2.device != x1.device:
-        raise ValueError(f"x2 must be on the device of x1, got {x2.device} and {x1.device}")
+    _checks.matching(x2, x1, "x2", "x1")
 
 
 def _symmetrize_(a: torch.Tensor, block: int) -> None:
@@ -271,11 +268,16 @@ def _mirror_upper_(a: torch.Tensor, block: int) -> None:
 
 def _recursion(x1, x2, depth, activation, weight_std, bias_std, need_ntk, quad_points):
     _check_inputs(x1, x2)
-    depth = _checks.integer(depth, "depth", minimum=0)
+    depth = _checks.size(depth, "depth", minimum=0)
     key, phi, dphi = resolve_activation(activation)
     w2 = _checks.real(weight_std, "weight_std", positive=True) ** 2
     b2 = _checks.real(bias_std, "bias_std", nonnegative=True) ** 2
     quad_points = _checks.integer(quad_points, "quad_points", minimum=2, maximum=200)
+    n_rows, n_cols = x1.shape[0], (x1 if x2 is None else x2).shape[0]
+    _checks.elements(2 * n_rows * n_cols, "x1 and x2")
+    per = 20 if key in _CLOSED else 4 * quad_points ** 2
+    _checks.budget(float(n_rows) * n_cols * (depth + 1) * per + n_rows * n_cols * x1.shape[1],
+                   "x1, x2, depth and quad_points")
     if key in _CLOSED:
         moments, update = _CLOSED[key], _BLOCKS[key]
     else:
@@ -329,10 +331,20 @@ def _recursion(x1, x2, depth, activation, weight_std, bias_std, need_ntk, quad_p
             fix(sigma, 512)
             if need_ntk:
                 fix(theta, 512)
+    what = "the kernel"
+    names = "weight_std, bias_std, depth or the scale of x1, x2"
+    _checks.finite_result(sigma, what, names)
+    if need_ntk:
+        _checks.finite_result(theta, what, names)
     return sigma, theta
 
 
-_ARGS_DOC = r"""
+def nngp_ntk(x1, x2=None, *, depth, activation="relu", weight_std=1.0, bias_std=0.0,
+             quad_points=64) -> Kernels:
+    r"""NNGP and NTK of a wide fully connected network, computed together.
+
+    Cheaper than calling :func:`nngp` and :func:`ntk`: one pass of the recursion.
+
     Parameters
     ----------
     x1 : torch.Tensor
@@ -363,29 +375,7 @@ _ARGS_DOC = r"""
         If shapes, dtypes or devices disagree, an input is not finite,
         ``depth < 0``, a standard deviation is out of range or the activation
         name is unknown.
-"""
 
-
-def nngp_ntk(x1, x2=None, *, depth, activation="relu", weight_std=1.0, bias_std=0.0,
-             quad_points=64) -> Kernels:
-    sigma, theta = _recursion(x1, x2, depth, activation, weight_std, bias_std, True, quad_points)
-    return Kernels(sigma, theta)
-
-
-def nngp(x1, x2=None, *, depth, activation="relu", weight_std=1.0, bias_std=0.0,
-         quad_points=64) -> torch.Tensor:
-    return _recursion(x1, x2, depth, activation, weight_std, bias_std, False, quad_points)[0]
-
-
-def ntk(x1, x2=None, *, depth, activation="relu", weight_std=1.0, bias_std=0.0,
-        quad_points=64) -> torch.Tensor:
-    return _recursion(x1, x2, depth, activation, weight_std, bias_std, True, quad_points)[1]
-
-
-nngp_ntk.__doc__ = r"""NNGP and NTK of a wide fully connected network, computed together.
-
-    Cheaper than calling :func:`nngp` and :func:`ntk`: one pass of the recursion.
-""" + _ARGS_DOC + r"""
     Returns
     -------
     Kernels
@@ -399,22 +389,94 @@ nngp_ntk.__doc__ = r"""NNGP and NTK of a wide fully connected network, computed 
     >>> k = nngp_ntk(x, depth=2, bias_std=0.1)
     >>> k.ntk.shape
     torch.Size([5, 5])
-"""
+    """
+    sigma, theta = _recursion(x1, x2, depth, activation, weight_std, bias_std, True, quad_points)
+    return Kernels(sigma, theta)
 
-nngp.__doc__ = r"""NNGP kernel :math:`\Sigma` of a wide fully connected network.
-""" + _ARGS_DOC + r"""
+
+def nngp(x1, x2=None, *, depth, activation="relu", weight_std=1.0, bias_std=0.0,
+         quad_points=64) -> torch.Tensor:
+    r"""NNGP kernel :math:`\Sigma` of a wide fully connected network.
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, shape ``(n1, d)``, float32 or float64, finite.
+    x2 : torch.Tensor, optional
+        Inputs, shape ``(n2, d)``, same dtype and device as ``x1``; ``None``
+        means ``x1`` (and an exactly symmetric result).
+    depth : int
+        Number of hidden layers :math:`L \ge 0` (a readout layer follows).
+    activation : str, callable or tuple, optional
+        ``"relu"`` (default), ``"erf"``, ``"identity"`` (closed forms),
+        ``"tanh"``, ``"sigmoid"``, an elementwise callable or a pair
+        ``(phi, dphi)`` (Gauss--Hermite quadrature).
+    weight_std : float, optional
+        :math:`\sigma_w > 0`.
+    bias_std : float, optional
+        :math:`\sigma_b \ge 0`.
+    quad_points : int, optional
+        Gauss--Hermite nodes per dimension for activations without a closed
+        form (default 64).
+
+    Raises
+    ------
+    TypeError
+        If an input is not a floating tensor, ``depth`` is not an int, or
+        ``activation`` is of the wrong type.
+    ValueError
+        If shapes, dtypes or devices disagree, an input is not finite,
+        ``depth < 0``, a standard deviation is out of range or the activation
+        name is unknown.
+
     Returns
     -------
     torch.Tensor
         :math:`\Sigma(x_1, x_2)`, shape ``(n1, n2)``, on the device and in the
         dtype of ``x1``.
-"""
+    """
+    return _recursion(x1, x2, depth, activation, weight_std, bias_std, False, quad_points)[0]
 
-ntk.__doc__ = r"""Neural tangent kernel :math:`\Theta` of a wide fully connected network.
-""" + _ARGS_DOC + r"""
+
+def ntk(x1, x2=None, *, depth, activation="relu", weight_std=1.0, bias_std=0.0,
+        quad_points=64) -> torch.Tensor:
+    r"""Neural tangent kernel :math:`\Theta` of a wide fully connected network.
+
+    Parameters
+    ----------
+    x1 : torch.Tensor
+        Inputs, shape ``(n1, d)``, float32 or float64, finite.
+    x2 : torch.Tensor, optional
+        Inputs, shape ``(n2, d)``, same dtype and device as ``x1``; ``None``
+        means ``x1`` (and an exactly symmetric result).
+    depth : int
+        Number of hidden layers :math:`L \ge 0` (a readout layer follows).
+    activation : str, callable or tuple, optional
+        ``"relu"`` (default), ``"erf"``, ``"identity"`` (closed forms),
+        ``"tanh"``, ``"sigmoid"``, an elementwise callable or a pair
+        ``(phi, dphi)`` (Gauss--Hermite quadrature).
+    weight_std : float, optional
+        :math:`\sigma_w > 0`.
+    bias_std : float, optional
+        :math:`\sigma_b \ge 0`.
+    quad_points : int, optional
+        Gauss--Hermite nodes per dimension for activations without a closed
+        form (default 64).
+
+    Raises
+    ------
+    TypeError
+        If an input is not a floating tensor, ``depth`` is not an int, or
+        ``activation`` is of the wrong type.
+    ValueError
+        If shapes, dtypes or devices disagree, an input is not finite,
+        ``depth < 0``, a standard deviation is out of range or the activation
+        name is unknown.
+
     Returns
     -------
     torch.Tensor
         :math:`\Theta(x_1, x_2)`, shape ``(n1, n2)``, on the device and in the
         dtype of ``x1``.
-"""
+    """
+    return _recursion(x1, x2, depth, activation, weight_std, bias_std, True, quad_points)[1]

@@ -41,15 +41,17 @@ __all__ = ["two_layer", "risk", "slice_risk", "slice_function", "hessian",
            "saddle_curvature", "TwoLayerRun", "gradient_descent"]
 
 
-def _params(a, B, x):
-    a = _checks.tensor(a, "a", ndim=1)
-    B = _checks.tensor(B, "B", ndim=2)
-    x = _checks.tensor(x, "x", ndim=2)
+def _params(a, B, x, na="a", nb="B"):
+    a = _checks.tensor(a, na, ndim=1, nonempty=True)
+    B = _checks.tensor(B, nb, ndim=2)
+    x = _checks.tensor(x, "x", ndim=2, nonempty=True)
+    _checks.matching(B, a, nb, na)
+    _checks.matching(x, a, "x", na)
     if B.shape[0] != a.shape[0]:
-        raise ValueError(f"B must have one row per hidden unit ({a.shape[0]}), "
+        raise ValueError(f"{nb} must have one row per hidden unit ({a.shape[0]}), "
                          f"got shape {tuple(B.shape)}")
     if B.shape[1] != x.shape[1]:
-        raise ValueError(f"B must have {x.shape[1]} columns (the input dimension of x), "
+        raise ValueError(f"{nb} must have {x.shape[1]} columns (the input dimension of x), "
                          f"got shape {tuple(B.shape)}")
     return a, B, x
 
@@ -60,11 +62,18 @@ def _activation(activation):
     return activation
 
 
-def _data(a, B, x, y, activation):
-    a, B, x = _params(a, B, x)
+def _data(a, B, x, y, activation, na="a", nb="B"):
+    a, B, x = _params(a, B, x, na, nb)
     y = _checks.tensor(y, "y", ndim=1)
+    _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     return a, B, x, y, _activation(activation)
+
+
+def _out(v, what, activation):
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"activation must map tensors to tensors, got {type(v).__name__}")
+    return _checks.finite_result(v, what, "a, B, x, y or activation (their scale)")
 
 
 def two_layer(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor,
@@ -88,7 +97,7 @@ def two_layer(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor,
         Shape ``(n,)``.
     """
     a, B, x = _params(a, B, x)
-    return _activation(activation)(x @ B.T) @ a
+    return _out(_activation(activation)(x @ B.T) @ a, "the output", activation)
 
 
 def _risk(a, B, x, y, activation):
@@ -99,7 +108,7 @@ def risk(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
          activation=torch.tanh) -> torch.Tensor:
     r"""Square-loss empirical risk :math:`F(a, B) = \frac1{2n}\sum_i (h(w, x_i) - y_i)^2`."""
     a, B, x, y, activation = _data(a, B, x, y, activation)
-    return _risk(a, B, x, y, activation)
+    return _out(_risk(a, B, x, y, activation), "the risk", activation)
 
 
 def slice_risk(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -126,10 +135,14 @@ def slice_risk(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     a, B, x, y, activation = _data(a, B, x, y, activation)
     alphas = _checks.tensor(alphas, "alphas", ndim=1)
     betas = _checks.tensor(betas, "betas", ndim=1)
+    _checks.matching(alphas, a, "alphas", "a")
+    _checks.matching(betas, a, "betas", "a")
+    _checks.elements(alphas.numel() * betas.numel() * x.shape[0] + betas.numel() * x.shape[0] * a.numel(),
+                     "alphas, betas and x")
     pre = x @ B.T                                              # (n, m)
     g = activation(betas[:, None, None] * pre) @ a             # (nb, n)
     out = alphas[:, None, None] * g[None, :, :] - y            # (na, nb, n)
-    return 0.5 * (out ** 2).mean(dim=-1)
+    return _out(0.5 * (out ** 2).mean(dim=-1), "the risk on the slice", activation)
 
 
 def slice_function(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -156,11 +169,13 @@ def hessian(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     """
     a, B, x, y, activation = _data(a, B, x, y, activation)
     m, d = B.shape
+    _checks.elements((m + m * d) ** 2, "a and B")
 
     def f(theta):
         return _risk(theta[:m], theta[m:].reshape(m, d), x, y, activation)
 
-    return torch.func.hessian(f)(torch.cat([a, B.reshape(-1)]).detach())
+    return _out(torch.func.hessian(f)(torch.cat([a, B.reshape(-1)]).detach()), "the Hessian",
+                activation)
 
 
 def saddle_curvature(x: torch.Tensor, y: torch.Tensor, slope: float = 1.0) -> float:
@@ -174,11 +189,13 @@ def saddle_curvature(x: torch.Tensor, y: torch.Tensor, slope: float = 1.0) -> fl
     slope : float
         :math:`\sigma'(0)` (1 for ``tanh``).
     """
-    x = _checks.tensor(x, "x", ndim=2)
+    x = _checks.tensor(x, "x", ndim=2, nonempty=True)
     y = _checks.tensor(y, "y", ndim=1)
+    _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     slope = _checks.real(slope, "slope")
-    return abs(slope) * float((y @ x / x.shape[0]).norm())
+    return _checks.finite_result(abs(slope) * float((y @ x / x.shape[0]).norm()), "the curvature",
+                                 "x, y or slope (their scale)")
 
 
 @dataclass
@@ -229,16 +246,17 @@ def gradient_descent(a0: torch.Tensor, B0: torch.Tensor, x: torch.Tensor, y: tor
     -------
     TwoLayerRun
     """
-    a0, B0, x, y, activation = _data(a0, B0, x, y, activation)
+    a0, B0, x, y, activation = _data(a0, B0, x, y, activation, "a0", "B0")
     step = _checks.real(step, "step", positive=True)
-    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    n_steps = _checks.size(n_steps, "n_steps")
+    record_every = _checks.size(record_every, "record_every")
+    _checks.budget(8.0 * n_steps * (x.shape[0] * B0.numel() + 100), "n_steps and x")
     a = a0.detach().clone().requires_grad_(True)
     B = B0.detach().clone().requires_grad_(True)
     opt = torch.optim.SGD([a, B], lr=step)
     steps, values = [0], []
     with torch.no_grad():
-        values.append(_risk(a, B, x, y, activation))
+        values.append(_out(_risk(a, B, x, y, activation), "the initial risk", activation))
     last = (a.detach().clone(), B.detach().clone())
     diverged = False
     for k in range(n_steps):
@@ -248,7 +266,8 @@ def gradient_descent(a0: torch.Tensor, B0: torch.Tensor, x: torch.Tensor, y: tor
         if (k + 1) % record_every == 0 or k + 1 == n_steps:
             with torch.no_grad():
                 value = _risk(a, B, x, y, activation)
-                if not bool(torch.isfinite(value)):
+                if not (bool(torch.isfinite(value)) and bool(torch.isfinite(a).all())
+                        and bool(torch.isfinite(B).all())):
                     diverged = True
                     break
                 steps.append(k + 1)

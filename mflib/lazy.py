@@ -63,39 +63,60 @@ def _gen(generator, seed):
     if generator is not None and seed is not None:
         raise ValueError("give generator or seed, not both")
     if generator is None:
-        return _generator(0 if seed is None else seed)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
+        return _generator(0 if seed is None else _checks.seed(seed))
+    return _checks.generator(generator)
 
 
 def _device(device):
-    if device is None:
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must name a torch device, got {device!r}") from err
+    return _checks.device(device)
 
 
 def _dtype(dtype):
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return dtype
+    return _checks.dtype(dtype)
 
 
-def _params(params, name="params"):
+def _params(params, name="params", fn=None):
     if not isinstance(params, dict) or not params:
         raise TypeError(f"{name} must be a non-empty dict of tensors, got {type(params).__name__}")
+    first = None
     for k, v in params.items():
         _checks.tensor(v, f"{name}[{k!r}]")
+        if first is None:
+            first = (k, v)
+        else:
+            _checks.matching(v, first[1], f"{name}[{k!r}]", f"{name}[{first[0]!r}]")
+    _check_keys(params, getattr(fn, "param_names", None), name)
     return params
+
+
+def _check_keys(params, expected, name):
+    """A model from :func:`as_function` knows its parameter names: a dict missing one
+    would silently fall back to the module's own tensor, so it is refused."""
+    if expected is None:
+        return
+    missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{name} must hold exactly the model's parameters {sorted(expected)}; "
+                         f"missing {missing}, unexpected {extra}")
 
 
 def _fn(fn):
     if not callable(fn):
         raise TypeError(f"fn must be callable fn(params, x), got {type(fn).__name__}")
     return fn
+
+
+def _model_output(fn, params, x, name="params"):
+    """Evaluate fn(params, x), turning a failure of the user's model into a clear error."""
+    try:
+        out = fn(params, x)
+    except (TypeError, ValueError):
+        raise
+    except (RuntimeError, KeyError, IndexError) as err:
+        raise ValueError(f"fn(params, x) failed on {name} and x ({type(err).__name__}: {err})") from err
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"fn must return a tensor, got {type(out).__name__}")
+    return out
 
 
 def _dot(u, v):
@@ -151,12 +172,14 @@ def sphere(n, d, *, generator=None, seed=None, dtype=DTYPE, device=None) -> torc
     Drawn on the CPU from ``generator`` (or a fresh one seeded with ``seed``)
     and moved to ``device``; returns shape ``(n, d)``.
     """
-    n = _checks.integer(n, "n", minimum=1)
-    d = _checks.integer(d, "d", minimum=1)
+    n = _checks.size(n, "n")
+    d = _checks.size(d, "d")
+    _checks.elements(n * d, "n and d")
     gen = _gen(generator, seed)
+    dev = _device(device)
     z = torch.randn(n, d, generator=gen, dtype=_dtype(dtype))
     z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    return z.to(_device(device))
+    return z.to(dev)
 
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
@@ -188,12 +211,18 @@ def two_layer(params: dict, x: torch.Tensor, *, scale: float = 1.0,
     if not isinstance(params, dict) or "a" not in params or "b" not in params:
         raise TypeError("params must be a dict with keys 'a' (m, d) and 'b' (m,)")
     a, b = params["a"], params["b"]
+    for k, v in (("a", a), ("b", b)):
+        _checks.tensor(v, f"params[{k!r}]")
     if a.ndim != 2 or b.ndim != 1 or a.shape[0] != b.shape[0]:
         raise ValueError(f"params must hold a of shape (m, d) and b of shape (m,), got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != a.shape[1]:
-        raise ValueError(f"x must be a tensor of shape (n, {a.shape[1]}), got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    _checks.tensor(x, "x")
+    if x.ndim != 2 or x.shape[1] != a.shape[1]:
+        raise ValueError(f"x must be a tensor of shape (n, {a.shape[1]}), got {tuple(x.shape)}")
+    if x.dtype != a.dtype or b.dtype != a.dtype:
+        raise TypeError(f"x, params['a'] and params['b'] must have the same dtype, got "
+                        f"{x.dtype}, {a.dtype} and {b.dtype}")
+    scale = _checks.real(scale, "scale")
     act = _ACTIVATIONS[_checks.choice(activation, "activation", _ACTIVATIONS)]
     return scale * (act(x @ a.T) @ b)
 
@@ -221,10 +250,11 @@ def teacher_student(n_train: int, n_test: int, *, d: int = 2, n_teacher: int = 3
     dtype, device
         Of the returned tensors.
     """
-    n_train = _checks.integer(n_train, "n_train", minimum=1)
-    n_test = _checks.integer(n_test, "n_test", minimum=0)
-    d = _checks.integer(d, "d", minimum=1)
-    n_teacher = _checks.integer(n_teacher, "n_teacher", minimum=1)
+    n_train = _checks.size(n_train, "n_train")
+    n_test = _checks.size(n_test, "n_test", minimum=0)
+    d = _checks.size(d, "d")
+    n_teacher = _checks.size(n_teacher, "n_teacher")
+    _checks.elements((n_train + n_test + n_teacher) * d, "n_train, n_test, n_teacher and d")
     gen = _gen(generator, seed)
     dtype = _dtype(dtype)
     dev = _device(device)
@@ -265,12 +295,12 @@ def two_layer_init(m: int, d: int, *, tau: float = 1.0, symmetric: bool = True, 
     dict
         ``{"a": (m, d), "b": (m,)}``.
     """
-    m = _checks.integer(m, "m", minimum=1)
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    m = _checks.size(m, "m")
+    symmetric = _checks.flag(symmetric, "symmetric")
     if symmetric and m % 2:
         raise ValueError(f"m must be even for a symmetrised initialisation (neurons come in pairs), got {m}")
-    d = _checks.integer(d, "d", minimum=1)
+    d = _checks.size(d, "d")
+    _checks.elements(m * d, "m and d")
     tau = _checks.real(tau, "tau", positive=True)
     gen = _gen(generator, seed)
     dtype = _dtype(dtype)
@@ -313,6 +343,7 @@ class TwoLayer(torch.nn.Module):
     def __init__(self, m, d, *, tau=1.0, symmetric=True, scale=1.0, activation="relu", seed=0,
                  dtype=DTYPE, device=None):
         super().__init__()
+        seed = _checks.seed(seed)
         p = two_layer_init(m, d, tau=tau, symmetric=symmetric, seed=seed, dtype=dtype,
                            device=device)
         self.a = torch.nn.Parameter(p["a"])
@@ -334,11 +365,16 @@ def as_function(module: torch.nn.Module):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    names = frozenset(params)
 
     def fn(p, x):
+        if not isinstance(p, dict):
+            raise TypeError(f"params must be a dict of tensors, got {type(p).__name__}")
+        _check_keys(p, names, "params")
         out = functional_call(module, p, (x,))
         return out.squeeze(-1) if out.ndim == 2 and out.shape[1] == 1 else out
 
+    fn.param_names = names
     return fn, params
 
 
@@ -347,13 +383,15 @@ def centred(fn, params0: dict):
     :math:`w_0` (the alternative to a symmetrised initialisation used by
     Chizat, Oyallon & Bach (2019) for their convolutional networks)."""
     fn = _fn(fn)
-    p0 = _detach(_params(params0, "params0"))
+    p0 = _detach(_params(params0, "params0", fn))
 
     def fc(p, x):
         with torch.no_grad():
             base = fn(p0, x)
         return fn(p, x) - base
 
+    if getattr(fn, "param_names", None) is not None:
+        fc.param_names = fn.param_names
     return fc
 
 
@@ -443,28 +481,33 @@ def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float =
         last finite parameters.
     """
     fn = _fn(fn)
-    params0 = _params(params0, "params0")
-    x = _checks.tensor(x, "x")
-    y = _checks.tensor(y, "y")
+    params0 = _params(params0, "params0", fn)
+    x = _checks.tensor(x, "x", ndim=(1, 2, 3, 4, 5), nonempty=True)
+    y = _checks.tensor(y, "y", ndim=(1, 2))
+    _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     alpha = _checks.real(alpha, "alpha", positive=True)
     lr = _checks.real(lr, "lr", positive=True)
-    steps = _checks.integer(steps, "steps", minimum=0)
+    steps = _checks.size(steps, "steps", minimum=0)
     momentum = _checks.real(momentum, "momentum", minimum=0.0, maximum=1.0)
+    keep_params = _checks.flag(keep_params, "keep_params")
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test must be given together")
     if x_test is not None:
-        x_test = _checks.tensor(x_test, "x_test")
-        y_test = _checks.tensor(y_test, "y_test")
+        x_test = _checks.tensor(x_test, "x_test", ndim=x.ndim)
+        y_test = _checks.tensor(y_test, "y_test", ndim=y.ndim)
+        _checks.matching(x_test, x, "x_test", "x")
+        _checks.matching(y_test, x, "y_test", "x")
         _checks.same_rows(x_test, y_test, "x_test", "y_test")
     if record_every is None:
         record_every = max(1, steps // 100)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    record_every = _checks.size(record_every, "record_every")
     n = x.shape[0]
+    gen = _gen(generator, None)
     if batch_size is not None:
-        batch_size = _checks.integer(batch_size, "batch_size", minimum=1, maximum=n)
-        gen = _gen(generator, None)
-    out0 = fn(params0, x[:1])
+        batch_size = _checks.size(batch_size, "batch_size", maximum=n)
+    _checks.matching(x, next(iter(params0.values())), "x", "params0")
+    out0 = _model_output(fn, params0, x[:1], "params0")
     if out0.shape[1:] != y.shape[1:]:
         raise ValueError(f"y must have the shape of the model's output, got {tuple(y.shape)} "
                          f"for outputs of shape (n, {', '.join(map(str, out0.shape[1:]))})")
@@ -475,13 +518,23 @@ def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float =
     last_good = _detach(params)
 
     def record(k, train_loss):
-        res.steps.append(k)
-        res.train_loss.append(train_loss)
+        """Append one record; False (nothing appended) if a value is not finite."""
+        test_loss = None
         if x_test is not None:
             with torch.no_grad():
-                res.test_loss.append(float(_risk(alpha * fn(params, x_test), y_test)))
+                test_loss = float(_risk(alpha * fn(params, x_test), y_test))
+        if not (math.isfinite(train_loss) and (test_loss is None or math.isfinite(test_loss))):
+            if k == 0:
+                raise ValueError("the initial risk R(alpha h(params0)) is not finite: alpha, "
+                                 "params0, x, y, x_test or y_test out of range")
+            return False
+        res.steps.append(k)
+        res.train_loss.append(train_loss)
+        if test_loss is not None:
+            res.test_loss.append(test_loss)
         if keep_params:
             res.history.append(_detach(params))
+        return True
 
     for k in range(steps + 1):
         if batch_size is None:
@@ -491,14 +544,20 @@ def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float =
             xb, yb = x[idx], y[idx]
         full = _risk(alpha * fn(params, xb), yb)
         if not bool(torch.isfinite(full)):
+            if k == 0:
+                raise ValueError("the initial risk R(alpha h(params0)) is not finite: alpha, "
+                                 "params0, x or y out of range")
             res.diverged = True
             break
         if k % record_every == 0 or k == steps:
             if batch_size is None:
-                record(k, float(full.detach()))
+                value = float(full.detach())
             else:
                 with torch.no_grad():
-                    record(k, float(_risk(alpha * fn(params, x), y)))
+                    value = float(_risk(alpha * fn(params, x), y))
+            if not record(k, value):
+                res.diverged = True
+                break
         last_good = _detach(params)
         if k == steps:
             break
@@ -514,11 +573,17 @@ def displacement(params: dict, params0: dict, *, relative: bool = False) -> floa
     tensors), divided by :math:`\lVert w_0\rVert` when ``relative``."""
     params = _params(params)
     params0 = _params(params0, "params0")
+    relative = _checks.flag(relative, "relative")
     if set(params) != set(params0):
         raise ValueError("params and params0 must have the same keys")
-    num = float(_norm({k: params[k] - params0[k] for k in params0}))
+    for k in params0:
+        _checks.same_shape(params[k], params0[k], f"params[{k!r}]", f"params0[{k!r}]")
+        _checks.matching(params[k], params0[k], f"params[{k!r}]", f"params0[{k!r}]")
+    num = _checks.finite_result(float(_norm({k: params[k] - params0[k] for k in params0})),
+                                "the displacement", "params or params0 (their scale)")
     if relative:
-        den = float(_norm(params0))
+        den = _checks.finite_result(float(_norm(params0)), "the norm of params0",
+                                    "params0 (its scale)")
         if den == 0:
             raise ValueError("params0 is zero: the relative displacement is undefined")
         return num / den
@@ -530,18 +595,21 @@ def rms(v: torch.Tensor) -> float:
     v = _checks.tensor(v, "v")
     if v.ndim == 0 or v.shape[0] == 0:
         raise ValueError("v must have at least one row")
-    return float(torch.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1).mean()))
+    return _checks.finite_result(float(torch.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1).mean())),
+                                 "the norm", "v (its scale)")
 
 
 # ----------------------------------------------------------------------------- criterion
 
 def _check_scalar_model(fn, params, x):
     fn = _fn(fn)
-    params = _params(params)
-    x = _checks.tensor(x, "x")
-    out = fn(params, x)
+    params = _params(params, "params", fn)
+    x = _checks.tensor(x, "x", ndim=(1, 2, 3, 4, 5), nonempty=True)
+    _checks.matching(x, next(iter(params.values())), "x", "params")
+    out = _model_output(fn, params, x)
     if out.ndim != 1 or out.shape[0] != x.shape[0]:
         raise ValueError(f"fn must return one value per input row (shape (n,)), got {tuple(out.shape)}")
+    _checks.finite_result(out, "fn(params, x)", "params or x (their scale)")
     return fn, _detach(params), x, out.detach()
 
 
@@ -552,7 +620,7 @@ def jacobian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 50, generat
     eigenvalue of the empirical tangent kernel's Gram matrix divided by
     :math:`n`.  Matrix-free power iteration (``jvp`` then ``vjp``)."""
     fn, params, x, _ = _check_scalar_model(fn, params, x)
-    iters = _checks.integer(iters, "iters", minimum=1)
+    iters = _checks.size(iters, "iters", maximum=10 ** 5)
     gen = _gen(generator, seed)
     n = x.shape[0]
     f = lambda p: fn(p, x)  # noqa: E731
@@ -567,7 +635,8 @@ def jacobian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 50, generat
         if lam == 0:
             return 0.0
         u = _scale(v, 1 / lam)
-    return float(torch.sqrt(lam / n))
+    return _checks.finite_result(float(torch.sqrt(lam / n)), "the Jacobian norm",
+                                 "params or x (their scale)")
 
 
 def hessian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 20, rounds: int = 4,
@@ -590,9 +659,11 @@ def hessian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 20, rounds: 
     bound of the norm, tight up to a few per cent in practice.
     """
     fn, params, x, _ = _check_scalar_model(fn, params, x)
-    iters = _checks.integer(iters, "iters", minimum=1)
-    rounds = _checks.integer(rounds, "rounds", minimum=1)
-    restarts = _checks.integer(restarts, "restarts", minimum=1)
+    iters = _checks.size(iters, "iters", maximum=10 ** 5)
+    rounds = _checks.size(rounds, "rounds", maximum=10 ** 4)
+    restarts = _checks.size(restarts, "restarts", maximum=10 ** 4)
+    _checks.budget(float(iters) * rounds * restarts * 1e3, "iters, rounds and restarts",
+                   limit=1e11)
     gen = _gen(generator, seed)
     n = x.shape[0]
     best = 0.0
@@ -658,7 +729,7 @@ def hessian_norm(fn, params: dict, x: torch.Tensor, *, iters: int = 20, rounds: 
             if val == 0:
                 break
             c = q / val
-    return best
+    return _checks.finite_result(best, "the Hessian norm", "params or x (their scale)")
 
 
 @dataclass
@@ -684,8 +755,10 @@ def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters:
     ``residual`` by definition, ``jacobian`` by :func:`jacobian_norm`,
     ``hessian`` by :func:`hessian_norm`.
     """
+    iters = _checks.size(iters, "iters", maximum=10 ** 5)
     fn, params, x, out = _check_scalar_model(fn, params, x)
     y = _checks.tensor(y, "y", ndim=1)
+    _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     gen = _gen(generator, seed)
     res = rms(out - y)
@@ -693,7 +766,8 @@ def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters:
     hn = hessian_norm(fn, params, x, iters=iters, rounds=rounds, restarts=restarts, generator=gen)
     if jn == 0:
         raise ValueError("Dh(w0) vanishes on x: the criterion is undefined")
-    return Kappa(res / jn * hn / jn, res, jn, hn)
+    return Kappa(_checks.finite_result(res / jn * hn / jn, "kappa", "params, x or y (their scale)"),
+                 res, jn, hn)
 
 
 # ----------------------------------------------------------------------------- images
@@ -728,10 +802,11 @@ def digits(n_train: int, n_test: int, *, seed: int = 0, dtype=torch.float32,
     The images ship inside scikit-learn (no download).  The split is drawn
     from ``mflib.generator(seed)``; ``n_train + n_test`` must not exceed 1797.
     """
-    n_train = _checks.integer(n_train, "n_train", minimum=1)
-    n_test = _checks.integer(n_test, "n_test", minimum=1)
-    seed = _checks.integer(seed, "seed", minimum=0)
+    n_train = _checks.size(n_train, "n_train")
+    n_test = _checks.size(n_test, "n_test")
+    seed = _checks.seed(seed)
     dtype = _dtype(dtype)
+    dev = _device(device)
     from sklearn.datasets import load_digits
 
     raw = load_digits()
@@ -745,7 +820,6 @@ def digits(n_train: int, n_test: int, *, seed: int = 0, dtype=torch.float32,
     mu, sd = x[tr].mean(), x[tr].std()
     x = ((x - mu) / sd).to(dtype)
     onehot = torch.nn.functional.one_hot(labels, 10).to(dtype)
-    dev = _device(device)
     return Digits(x[tr].to(dev), onehot[tr].to(dev), labels[tr].to(dev),
                   x[te].to(dev), onehot[te].to(dev), labels[te].to(dev))
 
@@ -759,9 +833,10 @@ def small_cnn(channels: int = 4, *, seed: int = 0, dtype=torch.float32, device=N
     than a few hundred training images times ten outputs, so its tangent
     model is a small linear model.
     """
-    channels = _checks.integer(channels, "channels", minimum=1)
-    seed = _checks.integer(seed, "seed", minimum=0)
+    channels = _checks.size(channels, "channels", maximum=4096)
+    seed = _checks.seed(seed)
     dtype = _dtype(dtype)
+    dev = _device(device)
     nn = torch.nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -769,12 +844,19 @@ def small_cnn(channels: int = 4, *, seed: int = 0, dtype=torch.float32, device=N
             nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
             nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * channels, 10))
-    return net.to(dtype=dtype, device=_device(device))
+    return net.to(dtype=dtype, device=dev)
 
 
 def accuracy(out: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows of ``out`` (shape ``(n, k)``) whose arg-max is the label."""
-    out = _checks.tensor(out, "out", ndim=2)
-    if not isinstance(labels, torch.Tensor) or labels.shape != out.shape[:1]:
-        raise ValueError(f"labels must be a tensor of shape ({out.shape[0]},)")
+    out = _checks.tensor(out, "out", ndim=2, nonempty=True)
+    labels = _checks.tensor(labels, "labels", ndim=1, floating=False)
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor (class indices), got dtype {labels.dtype}")
+    if labels.shape != out.shape[:1]:
+        raise ValueError(f"labels must be a tensor of shape ({out.shape[0]},), got {tuple(labels.shape)}")
+    if labels.device != out.device:
+        raise ValueError(f"labels and out must be on the same device, got {labels.device} and {out.device}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= out.shape[1]):
+        raise ValueError(f"labels must hold class indices in [0, {out.shape[1]}) (the columns of out)")
     return float((out.argmax(1) == labels).to(torch.float64).mean())

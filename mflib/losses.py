@@ -53,6 +53,7 @@ __all__ = ["Loss", "LOSSES", "get", "square", "square_derivative", "logistic",
 def _pair(y, y_hat, *, labels: bool):
     y = _checks.tensor(y, "y")
     y_hat = _checks.tensor(y_hat, "y_hat")
+    _checks.matching(y_hat, y, "y_hat", "y")
     try:
         torch.broadcast_shapes(y.shape, y_hat.shape)
     except RuntimeError as err:
@@ -102,13 +103,13 @@ def square(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         The loss, with the broadcast shape of ``y`` and ``y_hat``.
     """
     y, y_hat = _pair(y, y_hat, labels=False)
-    return _square(y, y_hat)
+    return _checks.finite_result(_square(y, y_hat), "the loss", "y or y_hat (their scale)")
 
 
 def square_derivative(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     r"""Derivative of the square loss in the prediction, :math:`\hat y - y`."""
     y, y_hat = _pair(y, y_hat, labels=False)
-    return _square_d(y, y_hat)
+    return _checks.finite_result(_square_d(y, y_hat), "the loss", "y or y_hat (their scale)")
 
 
 def logistic(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
@@ -123,14 +124,14 @@ def logistic(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         Real-valued predictions (scores), broadcastable with ``y``.
     """
     y, y_hat = _pair(y, y_hat, labels=True)
-    return _logistic(y, y_hat)
+    return _checks.finite_result(_logistic(y, y_hat), "the loss", "y or y_hat (their scale)")
 
 
 def logistic_derivative(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     r"""Derivative of the logistic loss in the prediction,
     :math:`-y\,s(-y\hat y)` with :math:`s` the logistic sigmoid."""
     y, y_hat = _pair(y, y_hat, labels=True)
-    return _logistic_d(y, y_hat)
+    return _checks.finite_result(_logistic_d(y, y_hat), "the loss", "y or y_hat (their scale)")
 
 
 def hinge(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
@@ -144,7 +145,7 @@ def hinge(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         Real-valued predictions (scores), broadcastable with ``y``.
     """
     y, y_hat = _pair(y, y_hat, labels=True)
-    return _hinge(y, y_hat)
+    return _checks.finite_result(_hinge(y, y_hat), "the loss", "y or y_hat (their scale)")
 
 
 def hinge_derivative(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
@@ -155,7 +156,7 @@ def hinge_derivative(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     :math:`\{-ty: t\in[0,1]\}`; this function returns its element :math:`0`.
     """
     y, y_hat = _pair(y, y_hat, labels=True)
-    return _hinge_d(y, y_hat)
+    return _checks.finite_result(_hinge_d(y, y_hat), "the loss", "y or y_hat (their scale)")
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,9 @@ def empirical_risk(loss, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     loss = get(loss)
     y = _checks.tensor(y, "y", ndim=1)
     y_hat = _checks.tensor(y_hat, "y_hat", ndim=(1, 2))
+    if y.shape[0] == 0:
+        raise ValueError("y must not be empty: the mean of no loss is undefined")
     if y_hat.shape[-1] != y.shape[0]:
         raise ValueError(f"y_hat must have {y.shape[0]} entries in its last dimension "
                          f"(one per label), got shape {tuple(y_hat.shape)}")
-    return loss(y, y_hat).mean(dim=-1)
+    return _checks.finite_result(loss(y, y_hat).mean(dim=-1), "the risk", "y or y_hat (their scale)")

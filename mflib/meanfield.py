@@ -52,7 +52,6 @@ import torch
 from mflib.stats import fit_slope  # noqa: F401  (re-exported for the pages)
 from mflib import _checks, arccos
 from mflib._checks import Diverged
-from mflib.config import generator as _generator
 
 __all__ = ["Trajectory", "init_particles", "forward", "grad", "empirical_risk",
            "population_risk", "population_grad", "gaussian_teacher_data", "train",
@@ -98,9 +97,7 @@ def _augment(theta: torch.Tensor, x: torch.Tensor, tname="theta") -> torch.Tenso
 
 
 def _same(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
-    if a.dtype != b.dtype or a.device != b.device:
-        raise ValueError(f"{na} and {nb} must share dtype and device, got "
-                         f"{a.dtype}/{a.device} and {b.dtype}/{b.device}")
+    _checks.matching(a, b, na, nb)
 
 
 def _act(z: torch.Tensor, activation: str):
@@ -144,13 +141,17 @@ def init_particles(m: int, d: int, *, bias: bool = False, init: str = "gaussian"
     torch.Tensor
         Shape ``(m, 1 + p)``.
     """
-    m = _checks.integer(m, "m", minimum=1)
-    d = _checks.integer(d, "d", minimum=1)
+    m = _checks.size(m, "m")
+    d = _checks.size(d, "d")
+    bias = _checks.flag(bias, "bias")
+    _checks.elements(m * (d + 2), "m and d")
     radius = _checks.real(radius, "radius", positive=True)
     _checks.choice(init, "init", ("gaussian", "sphere", "circle"))
     _checks.choice(out_weight, "out_weight", ("gaussian", "sign", "zero"))
-    g = generator if generator is not None else _generator(0)
-    p = d + int(bool(bias))
+    g = _checks.generator(generator)
+    dtype = _checks.dtype(dtype)
+    device = _checks.device(device)
+    p = d + int(bias)
     if init == "gaussian":
         w = torch.randn(m, p, generator=g, dtype=torch.float64) * (radius / math.sqrt(p))
         if out_weight == "gaussian":
@@ -268,9 +269,9 @@ def _kernel_blocks(w1, w2):
     n1 = (w1 * w1).sum(1)
     n2 = (w2 * w2).sum(1)
     s12 = w1 @ w2.T
-    theta, norm = arccos.angle(s12, n1[:, None], n2[None, :])
-    k = norm * arccos.kappa1(theta)
-    k0 = arccos.kappa0(theta)
+    theta, norm = arccos._angle(s12, n1[:, None], n2[None, :])
+    k = norm * arccos._kappa1(theta)
+    k0 = arccos._kappa0(theta)
     sin = torch.sin(theta) / (2 * math.pi)
     return k, k0, sin, n2.sqrt()
 
@@ -380,10 +381,13 @@ def gaussian_teacher_data(teacher: torch.Tensor, n: int, *, activation: str = "r
         ``x`` of shape ``(n, d)`` and ``y`` of shape ``(n,)`` on the teacher's device and dtype.
     """
     teacher = _theta(teacher, "teacher")
-    n = _checks.integer(n, "n", minimum=1)
+    n = _checks.size(n, "n")
     noise = _checks.real(noise, "noise", nonnegative=True)
-    g = generator if generator is not None else _generator(0)
-    d = teacher.shape[1] - 1 - int(bool(bias))
+    bias = _checks.flag(bias, "bias")
+    _checks.choice(activation, "activation", ACTIVATIONS)
+    g = _checks.generator(generator)
+    d = teacher.shape[1] - 1 - int(bias)
+    _checks.elements(n * (d + 1), "n")
     if d < 1:
         raise ValueError(f"teacher of shape {tuple(teacher.shape)} leaves no input (bias={bias})")
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -429,13 +433,24 @@ def _record_steps(record, steps: int) -> torch.Tensor:
     if record is None:
         return torch.tensor([0, steps])
     if isinstance(record, int) and not isinstance(record, bool):
-        k = _checks.integer(record, "record", minimum=2)
+        k = _checks.size(record, "record", minimum=2, maximum=10 ** 6)
         r = torch.unique(torch.round(torch.logspace(0, math.log10(max(steps, 1)), k - 1)).long())
         return torch.unique(torch.cat([torch.tensor([0]), r.clamp(max=steps)]))
-    r = torch.as_tensor(record).long().flatten()
-    if r.numel() == 0 or bool((r < 0).any()) or bool((r > steps).any()):
-        raise ValueError(f"record must hold step indices in [0, steps={steps}], got {record!r}")
-    return torch.unique(r)
+    if isinstance(record, torch.Tensor):
+        if record.is_floating_point() or record.is_complex() or record.dtype == torch.bool:
+            raise TypeError(f"record must hold integer step indices, got dtype {record.dtype}")
+        items = record.flatten().tolist()
+    elif isinstance(record, (list, tuple, range)):
+        items = list(record)
+    else:
+        raise TypeError(f"record must be None, an int or a sequence of step indices, "
+                        f"got {type(record).__name__}")
+    items = [_checks.integer(k, "record", minimum=0) for k in items]
+    if any(k > steps for k in items):
+        raise ValueError(f"record must hold step indices in [0, steps={steps}], got {max(items)}")
+    if not items:
+        raise ValueError("record must hold at least one step index")
+    return torch.unique(torch.tensor(items, dtype=torch.long))
 
 
 def _penalty_grad(theta, reg, lam):
@@ -517,8 +532,10 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     Trajectory
     """
     theta = _theta(theta)
-    steps = _checks.integer(steps, "steps", minimum=0)
+    steps = _checks.size(steps, "steps", minimum=0)
     lr = _checks.real(lr, "lr", positive=True)
+    bias = _checks.flag(bias, "bias")
+    keep_thetas = _checks.flag(keep_thetas, "keep_thetas")
     _checks.choice(method, "method", METHODS)
     _checks.choice(activation, "activation", ACTIVATIONS)
     teacher_activation = activation if teacher_activation is None else teacher_activation
@@ -526,11 +543,13 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     _checks.choice(reg, "reg", REGS)
     _checks.choice(on_diverge, "on_diverge", ("flag", "raise"))
     lam = _checks.real(lam, "lam", nonnegative=True)
-    batch = _checks.integer(batch, "batch", minimum=1)
+    batch = _checks.size(batch, "batch")
     m = theta.shape[0]
     alpha = _alpha(m, scaling)
     pstep = lr / (m * alpha * alpha)
-    g = generator if generator is not None else _generator(0)
+    g = _checks.generator(generator)
+    if teacher is not None:
+        teacher = _check_teacher(theta, teacher)
     dev, dt = theta.device, theta.dtype
 
     xt = None
@@ -560,6 +579,13 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
             raise ValueError(f"theta of shape {tuple(theta.shape)} leaves no input (bias={bias})")
 
     rec = _record_steps(record, steps)
+    per_step = {"population": m * (m + (teacher.shape[0] if teacher is not None else 0)) * 40,
+                "gd": (xt.shape[0] if xt is not None else 0) * m * theta.shape[1] * 6,
+                "sgd": batch * m * theta.shape[1] * 6}[method]
+    _checks.budget(float(steps + 1) * (per_step + 1e3), "steps (with the sizes of theta, x, teacher "
+                   "and batch)")
+    if keep_thetas:
+        _checks.elements(rec.numel() * theta.numel(), "record and theta (keep_thetas=True)")
     rec_list = rec.tolist()
     rec_set = set(rec_list)
     thetas = [] if keep_thetas else None
@@ -595,6 +621,9 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
                 risk = 0.5 * (r * r).mean()
             val = objective(cur, risk)
             if not bool(torch.isfinite(val)) or not bool(torch.isfinite(cur).all()):
+                if k == 0:
+                    raise ValueError("the initial risk is not finite: theta, x, y, teacher or lam "
+                                     "out of range")
                 diverged = True
                 break
             risks.append(val.detach())
@@ -658,8 +687,14 @@ def relative_scale(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
     hess = alpha * math.sqrt(max(float(torch.linalg.eigvalsh(blocks)[:, -1].max()), 0.0))
     hn = float(torch.sqrt((h * h).mean()))
     res = float(torch.sqrt(((h - y) ** 2).mean()))
-    return {"h_norm": hn, "residual": res, "jac": jac, "hess": hess,
-            "kappa": res * hess / jac ** 2 if jac > 0 else math.inf}
+    if jac == 0:
+        raise ValueError("Dh(theta) vanishes on x: the criterion is undefined")
+    names = "theta, x or y (their scale)"
+    return {"h_norm": _checks.finite_result(hn, "the norm of h", names),
+            "residual": _checks.finite_result(res, "the residual", names),
+            "jac": _checks.finite_result(jac, "the Jacobian norm", names),
+            "hess": _checks.finite_result(hess, "the Hessian norm", names),
+            "kappa": _checks.finite_result(res * hess / jac ** 2, "kappa", names)}
 
 
 def rms_displacement(theta0: torch.Tensor, theta1: torch.Tensor) -> float:
@@ -693,8 +728,8 @@ def relu_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str =
     _checks.choice(kind, "kind", ("ntk", "nngp"))
     d = x1.shape[1]
     s12 = x1 @ x2.T
-    theta, norm = arccos.angle(s12, (x1 * x1).sum(1)[:, None], (x2 * x2).sum(1)[None, :])
-    k = norm * arccos.kappa1(theta) / d
+    theta, norm = arccos._angle(s12, (x1 * x1).sum(1)[:, None], (x2 * x2).sum(1)[None, :])
+    k = norm * arccos._kappa1(theta) / d
     if kind == "ntk":
-        k = k + s12 * arccos.kappa0(theta)
+        k = k + s12 * arccos._kappa0(theta)
     return k

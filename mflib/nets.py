@@ -152,8 +152,9 @@ class MLP(torch.nn.Module):
     alpha : float, optional
         Output scale :math:`\alpha > 0`.
     generator : torch.Generator, optional
-        CPU generator used for the initialisation (the global one if omitted);
-        weights are drawn on the CPU and moved to ``device``.
+        CPU generator used for the initialisation (``mflib.generator(0)`` if
+        omitted, never the global random state); weights are drawn on the CPU
+        and moved to ``device``.
     dtype : torch.dtype, optional
         Floating dtype of the parameters (default ``mflib.DTYPE``, float64).
     device : torch.device or str, optional
@@ -172,17 +173,21 @@ class MLP(torch.nn.Module):
     def __init__(self, d_in, widths, *, activation="relu", weight_std=1.0, bias_std=0.0,
                  parametrization="ntk", alpha=1.0, generator=None, dtype=None, device=None):
         super().__init__()
-        d_in = _checks.integer(d_in, "d_in", minimum=1)
+        d_in = _checks.size(d_in, "d_in")
         if isinstance(widths, bool):
             raise TypeError("widths must be an int or a sequence of ints, got bool")
         if isinstance(widths, int):
             widths = [widths]
+        if isinstance(widths, (str, bytes)):
+            raise TypeError("widths must be an int or a sequence of ints, got str")
         try:
             widths = list(widths)
         except TypeError:
             raise TypeError(f"widths must be an int or a sequence of ints, "
                             f"got {type(widths).__name__}") from None
-        widths = [_checks.integer(w, "widths", minimum=1) for w in widths]
+        widths = [_checks.size(w, "widths") for w in widths]
+        sizes = [d_in, *widths, 1]
+        _checks.elements(sum(a * b for a, b in zip(sizes[:-1], sizes[1:])), "d_in and widths")
         self.activation_key, self.phi, self.dphi = resolve_activation(activation)
         self.weight_std = _checks.real(weight_std, "weight_std", positive=True)
         self.bias_std = _checks.real(bias_std, "bias_std", nonnegative=True)
@@ -193,11 +198,9 @@ class MLP(torch.nn.Module):
             raise ValueError(f"widths must have exactly one hidden layer for the mean_field "
                              f"parametrization, got {widths}")
         self.alpha = _checks.real(alpha, "alpha", positive=True)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        dtype = DTYPE if dtype is None else dtype
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        generator = _checks.generator(generator)
+        dtype = _checks.dtype(dtype, default=DTYPE)
+        device = _checks.device(device)
         self.d_in = d_in
         self.widths = tuple(widths)
         self.depth = len(widths)
@@ -251,8 +254,21 @@ class MLP(torch.nn.Module):
             z = z + (b * c_b if c_b != 1.0 else b)
         return z
 
+    def _check_x(self, x):
+        _checks.tensor(x, "x", ndim=(1, 2))
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"x must have shape (n, {self.d_in}) or ({self.d_in},), "
+                             f"got {tuple(x.shape)}")
+        if x.dtype != self.weights[0].dtype:
+            raise TypeError(f"x must have the dtype of the parameters ({self.weights[0].dtype}), "
+                            f"got {x.dtype}")
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Post-activations of the last hidden layer, shape ``(n, n_L)`` (``x`` itself if depth 0)."""
+        self._check_x(x)
+        return self._features(x)
+
+    def _features(self, x):
         h = x
         for layer in range(self.depth):
             h = self.phi(self._dense(layer, h))
@@ -260,12 +276,8 @@ class MLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate the network: ``(n, d) -> (n,)`` or ``(d,) -> ()``."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim not in (1, 2) or x.shape[-1] != self.d_in:
-            raise ValueError(f"x must have shape (n, {self.d_in}) or ({self.d_in},), "
-                             f"got {tuple(x.shape)}")
-        out = self._dense(self.depth, self.features(x)).squeeze(-1)
+        self._check_x(x)
+        out = self._dense(self.depth, self._features(x)).squeeze(-1)
         return out * self.alpha if self.alpha != 1.0 else out
 
     def extra_repr(self) -> str:

@@ -65,10 +65,10 @@ def _style():
 def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None,
            height: float | None = None, **kw):
     """Create a figure in the book's style; returns ``(fig, axes)`` like ``plt.subplots``."""
-    ncols = _checks.integer(ncols, "ncols", minimum=1)
-    nrows = _checks.integer(nrows, "nrows", minimum=1)
-    w = width if width is not None else 4.2 * ncols + 0.6
-    h = height if height is not None else 3.4 * nrows
+    ncols = _checks.size(ncols, "ncols", maximum=100)
+    nrows = _checks.size(nrows, "nrows", maximum=100)
+    w = _checks.real(width, "width", positive=True, maximum=1000) if width is not None else 4.2 * ncols + 0.6
+    h = _checks.real(height, "height", positive=True, maximum=1000) if height is not None else 3.4 * nrows
     with _style():
         return plt.subplots(nrows, ncols, figsize=(w, h), **kw)
 
@@ -91,6 +91,10 @@ def progress(iterable, **kwargs):
 
 def fig_to_png(fig, *, close: bool = True) -> bytes:
     """Render a matplotlib figure to PNG bytes (and close it by default)."""
+    from matplotlib.figure import Figure
+
+    _checks.instance(fig, Figure, "fig")
+    close = _checks.flag(close, "close")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     if close:
@@ -105,6 +109,8 @@ def _check_axes(axes: dict) -> dict:
     for name, values in axes.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"axes keys must be parameter names, got {name!r}")
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TypeError(f"axes[{name!r}] must be a list of values, got {type(values).__name__}")
         values = list(values)
         if not values:
             raise ValueError(f"axes[{name!r}] must hold at least one value")
@@ -134,14 +140,28 @@ def static_explorer(render, axes: dict, *, title: str = "", fmt=str):
         kernel, no network and no widget manager.
     """
     from IPython.display import HTML
+    from matplotlib.figure import Figure
 
-    if not callable(render):
-        raise TypeError("render must be callable")
+    _checks.function(render, "render")
     axes = _check_axes(axes)
+    _checks.string(title, "title")
+    _checks.function(fmt, "fmt")
     names = list(axes)
+    n_frames = 1
+    for n in names:
+        n_frames *= len(axes[n])
+    if n_frames > 10_000:
+        raise ValueError(f"axes give {n_frames} combinations, more than the 10000 a static "
+                         f"explorer can embed")
+    labels = {n: [fmt(v) for v in axes[n]] for n in names}
+    for n, ls in labels.items():
+        if not all(isinstance(v, str) for v in ls):
+            raise TypeError(f"fmt must return a str, got {type(ls[0]).__name__} for axes[{n!r}]")
     images = []
     for combo in itertools.product(*(range(len(axes[n])) for n in names)):
         fig = render(**{n: axes[n][i] for n, i in zip(names, combo)})
+        if not isinstance(fig, Figure):
+            raise TypeError(f"render must return a matplotlib Figure, got {type(fig).__name__}")
         images.append(base64.b64encode(fig_to_png(fig)).decode("ascii"))
     uid = "mfx" + hashlib.sha1("".join(images[:2]).encode() + title.encode()).hexdigest()[:10]
     strides, s = [], 1
@@ -195,8 +215,7 @@ def live_explorer(render, axes: dict):
     leave the notebook executor waiting for messages that never come
     (jupyter/nbclient#312).
     """
-    if not callable(render):
-        raise TypeError("render must be callable")
+    _checks.function(render, "render")
     axes = _check_axes(axes)
     if quiet():
         plt.close(render(**{n: v[0] for n, v in axes.items()}))
@@ -232,9 +251,12 @@ def animation_html(fig, update, frames: int, *, interval: int = 120):
     """
     from IPython.display import HTML
     from matplotlib import animation
+    from matplotlib.figure import Figure
 
-    frames = _checks.integer(frames, "frames", minimum=1)
-    interval = _checks.integer(interval, "interval", minimum=1)
+    _checks.instance(fig, Figure, "fig")
+    _checks.function(update, "update")
+    frames = _checks.size(frames, "frames", maximum=10_000)
+    interval = _checks.size(interval, "interval", maximum=10 ** 6)
     anim = animation.FuncAnimation(fig, update, frames=frames, interval=interval)
     with mpl.rc_context({"animation.embed_limit": 200.0}):
         html = anim.to_jshtml(default_mode="once")

@@ -40,6 +40,20 @@ _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(101)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
 
+def _q(q, name="q") -> torch.Tensor:
+    """A variance or a tensor of variances: finite, >= 0, as a float64 tensor."""
+    if isinstance(q, torch.Tensor):
+        _checks.tensor(q, name)
+        q = q.to(DTYPE)
+    else:
+        q = torch.tensor(_checks.real(q, name), dtype=DTYPE)
+    if bool((q < 0).any()):
+        raise ValueError(f"{name} must be non-negative")
+    if q.numel() and float(q.max()) > _checks.MAX_REAL:
+        raise ValueError(f"{name} is too large: the computation would overflow")
+    return q
+
+
 def gauss_expect(f, q) -> torch.Tensor:
     r""":math:`\mathbb E[f(\sqrt q\, z)]`, :math:`z\sim\mathcal N(0,1)`, by 101-point Gauss–Hermite quadrature.
 
@@ -50,15 +64,14 @@ def gauss_expect(f, q) -> torch.Tensor:
     q : float or torch.Tensor
         Variance(s) :math:`q \ge 0`.
     """
-    if not callable(f):
-        raise TypeError("f must be callable")
-    q = torch.as_tensor(q, dtype=DTYPE)
-    if bool((q < 0).any()):
-        raise ValueError("q must be non-negative")
+    _checks.function(f, "f")
+    q = _q(q)
     z = torch.as_tensor(_NODES, dtype=q.dtype, device=q.device)
     w = torch.as_tensor(_WEIGHTS, dtype=q.dtype, device=q.device)
     vals = f(torch.sqrt(q)[..., None] * z)
-    return (vals * w).sum(-1)
+    if not isinstance(vals, torch.Tensor):
+        raise TypeError(f"f must map tensors to tensors, got {type(vals).__name__}")
+    return _checks.finite_result((vals * w).sum(-1), "the expectation", "f or q")
 
 
 def _check_common(activation, weight_var, bias_var):
@@ -77,9 +90,7 @@ def variance_map(q, *, activation="relu", weight_var: float = 2.0, bias_var: flo
     Gauss–Hermite quadrature otherwise.
     """
     sigma, _, weight_var, bias_var = _check_common(activation, weight_var, bias_var)
-    q = torch.as_tensor(q, dtype=DTYPE)
-    if bool((q < 0).any()):
-        raise ValueError("q must be non-negative")
+    q = _q(q)
     if activation == "relu":
         m = q / 2
     elif activation == "linear":
@@ -88,16 +99,17 @@ def variance_map(q, *, activation="relu", weight_var: float = 2.0, bias_var: flo
         m = (2 / math.pi) * torch.arcsin(2 * q / (1 + 2 * q))
     else:
         m = gauss_expect(lambda u: sigma(u) ** 2, q)
-    return weight_var * m + bias_var
+    return _checks.finite_result(weight_var * m + bias_var, "the variance", "q or weight_var")
 
 
 def chi(q, *, activation="relu", weight_var: float = 2.0):
     r"""Backward gain :math:`\chi = \sigma_w^2\,\mathbb E[\sigma'(\sqrt q z)^2]` of one layer."""
     _, dsigma, weight_var, _ = _check_common(activation, weight_var, 0.0)
-    q = torch.as_tensor(q, dtype=DTYPE)
+    q = _q(q)
     if activation == "relu":
         return weight_var * 0.5 * torch.ones_like(q)
-    return weight_var * gauss_expect(lambda u: dsigma(u) ** 2, q)
+    return _checks.finite_result(weight_var * gauss_expect(lambda u: dsigma(u) ** 2, q),
+                                 "the gain", "q or weight_var")
 
 
 def variance_recursion(q1, depth: int, *, activation="relu", weight_var: float = 2.0,
@@ -109,13 +121,18 @@ def variance_recursion(q1, depth: int, *, activation="relu", weight_var: float =
     torch.Tensor
         Shape ``(depth,)``, float64.
     """
-    depth = _checks.integer(depth, "depth", minimum=1)
+    depth = _checks.size(depth, "depth", maximum=10 ** 5)
     q1 = _checks.real(q1, "q1", nonnegative=True)
+    _, _, weight_var, bias_var = _check_common(activation, weight_var, bias_var)
     out = [torch.tensor(q1, dtype=DTYPE)]
     for _ in range(depth - 1):
+        q = out[-1]
+        if not bool(torch.isfinite(q)) or float(q) > _checks.MAX_REAL:
+            raise ValueError(f"the variances overflow before depth={depth}: lower weight_var, "
+                             f"bias_var or depth")
         out.append(variance_map(out[-1], activation=activation, weight_var=weight_var,
                                 bias_var=bias_var))
-    return torch.stack(out)
+    return _checks.finite_result(torch.stack(out), "the variances", "weight_var, bias_var or depth")
 
 
 def gradient_recursion(q: torch.Tensor, *, activation="relu", weight_var: float = 2.0
@@ -132,9 +149,10 @@ def gradient_recursion(q: torch.Tensor, *, activation="relu", weight_var: float 
     q : torch.Tensor
         The variances :math:`q^1, \dots, q^L` (from :func:`variance_recursion`).
     """
-    _checks.tensor(q, "q", ndim=1)
+    _checks.tensor(q, "q", ndim=1, nonempty=True)
     c = chi(q, activation=activation, weight_var=weight_var)
-    return torch.flip(torch.cumprod(torch.flip(c, [0]), 0), [0])
+    return _checks.finite_result(torch.flip(torch.cumprod(torch.flip(c, [0]), 0), [0]),
+                                 "the gradient sizes", "q, weight_var or the depth")
 
 
 @dataclass
@@ -169,12 +187,16 @@ def measure_propagation(depth: int, width: int, *, activation="relu", weight_var
     so that :math:`q^1 = \sigma_w^2 + \sigma_b^2`.  Computed in float64, by the
     hand-written :func:`mflib.backprop.forward` and :func:`mflib.backprop.backward`.
     """
-    depth = _checks.integer(depth, "depth", minimum=1)
-    width = _checks.integer(width, "width", minimum=1)
-    n_nets = _checks.integer(n_nets, "n_nets", minimum=1)
-    n_inputs = _checks.integer(n_inputs, "n_inputs", minimum=1)
-    input_dim = _checks.integer(input_dim, "input_dim", minimum=1)
+    depth = _checks.size(depth, "depth")
+    width = _checks.size(width, "width")
+    n_nets = _checks.size(n_nets, "n_nets")
+    n_inputs = _checks.size(n_inputs, "n_inputs")
+    input_dim = _checks.size(input_dim, "input_dim")
     _, _, weight_var, bias_var = _check_common(activation, weight_var, bias_var)
+    seed = _checks.seed(seed)
+    per_net = input_dim * width + (depth - 1) * width * width + width
+    _checks.elements(per_net + n_inputs * width * (depth + 1), "width, depth and n_inputs")
+    _checks.budget(6.0 * n_nets * per_net * n_inputs, "n_nets, width, depth and n_inputs")
     g = _generator(seed)
     x = torch.randn(n_inputs, input_dim, generator=g, dtype=DTYPE)
     x = x / x.norm(dim=1, keepdim=True) * math.sqrt(input_dim)
@@ -183,7 +205,7 @@ def measure_propagation(depth: int, width: int, *, activation="relu", weight_var
     bwd = torch.empty(n_nets, depth, dtype=DTYPE)
     for k in range(n_nets):
         params = init_params(widths, weight_var=weight_var, bias_std=math.sqrt(bias_var),
-                             seed=seed * 100_003 + k + 1)
+                             seed=(seed * 100_003 + k + 1) % 2 ** 63)
         cache = forward(params, x, activation=activation, check=False)
         _, deltas = backward(params, cache, torch.ones(n_inputs, 1, dtype=DTYPE),
                              activation=activation, check=False, return_deltas=True)
@@ -191,5 +213,8 @@ def measure_propagation(depth: int, width: int, *, activation="relu", weight_var
         bwd[k] = torch.stack([(d * d).sum(1).mean() for d in deltas[:-1]])
     q = variance_recursion(weight_var + bias_var, depth, activation=activation,
                            weight_var=weight_var, bias_var=bias_var)
+    names = "weight_var, bias_var, depth or width"
+    _checks.finite_result(fwd, "the measured forward signal", names)
+    _checks.finite_result(bwd, "the measured backward signal", names)
     return Propagation(fwd, bwd, q, gradient_recursion(q, activation=activation,
                                                       weight_var=weight_var))

@@ -56,14 +56,27 @@ class Estimate:
         return self.value
 
 
+def _as_reals(v, name):
+    """``v`` as a float64 CPU tensor, refusing what is not real numbers."""
+    if isinstance(v, (str, bytes)) or v is None or isinstance(v, (bool, dict, set)):
+        raise TypeError(f"{name} must be a sequence of numbers, got {type(v).__name__}")
+    if isinstance(v, torch.Tensor) and (v.is_complex() or v.dtype == torch.bool):
+        raise TypeError(f"{name} must hold real numbers, got dtype {v.dtype}")
+    try:
+        return torch.as_tensor(v.detach().cpu() if isinstance(v, torch.Tensor) else v,
+                               dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a sequence of real numbers ({err})") from err
+
+
 def _logs(x, y):
-    xs = torch.as_tensor(x, dtype=torch.float64).cpu()
-    ys = torch.as_tensor(y, dtype=torch.float64).cpu()
+    xs = _as_reals(x, "x")
+    ys = _as_reals(y, "y")
     if xs.ndim != 1:
         xs = xs.flatten()
     if xs.numel() < 2:
         raise ValueError(f"x must hold at least 2 values, got {xs.numel()}")
-    if ys.shape[-1] != xs.numel() or ys.ndim > 2:
+    if ys.ndim == 0 or ys.shape[-1] != xs.numel() or ys.ndim > 2:
         raise ValueError(f"y must have x's length {xs.numel()} along its last dimension "
                          f"(and at most 2 dimensions), got shape {tuple(ys.shape)}")
     for name, v in (("x", xs), ("y", ys)):
@@ -71,7 +84,7 @@ def _logs(x, y):
             raise ValueError(f"{name} must hold positive finite values")
     lx = xs.log()
     if float((lx - lx.mean()).abs().max()) == 0.0:
-        raise ValueError("x must hold at least two distinct values (a slope against a constant is undefined)")
+        raise ValueError("x must not be constant: it must hold at least two distinct values (the slope against a constant is undefined)")
     return lx, ys.log()
 
 
@@ -137,7 +150,7 @@ def estimate(samples) -> Estimate:
     samples : array-like
         At least 2 finite values.
     """
-    s = torch.as_tensor(samples, dtype=torch.float64).flatten().cpu()
+    s = _as_reals(samples, "samples").flatten()
     if s.numel() < 2:
         raise ValueError(f"samples must hold at least 2 values, got {s.numel()}")
     if not bool(torch.isfinite(s).all()):
@@ -167,9 +180,11 @@ def fit_slope(x, y) -> float:
     ValueError
         If the lengths differ or are below 2, a value of ``x`` or ``y`` is
         not positive and finite, or ``x`` is constant.
+    TypeError
+        If ``x`` or ``y`` is not a sequence of real numbers.
     """
-    xs = torch.as_tensor(x, dtype=torch.float64).flatten()
-    ys = torch.as_tensor(y, dtype=torch.float64).flatten()
-    if xs.numel() != ys.numel():
-        raise ValueError(f"x and y must have the same length, got {xs.numel()} and {ys.numel()}")
+    xs = _as_reals(x, "x").flatten()
+    ys = _as_reals(y, "y").flatten()
+    if xs.numel() != ys.numel() or xs.numel() < 2:
+        raise ValueError(f"x and y must have the same length, at least 2; got {xs.numel()} and {ys.numel()}")
     return slope_fit(xs, ys).value

@@ -136,9 +136,11 @@ class Params:
 def _check_params(p, name="params") -> Params:
     if not isinstance(p, Params):
         raise TypeError(f"{name} must be a threelayer.Params, got {type(p).__name__}")
-    _checks.tensor(p.w1, f"{name}.w1", ndim=3)
+    _checks.tensor(p.w1, f"{name}.w1", ndim=3, nonempty=True)
     _checks.tensor(p.w2, f"{name}.w2", ndim=3)
     _checks.tensor(p.w3, f"{name}.w3", ndim=2)
+    _checks.matching(p.w2, p.w1, f"{name}.w2", f"{name}.w1")
+    _checks.matching(p.w3, p.w1, f"{name}.w3", f"{name}.w1")
     b, n1, _ = p.w1.shape
     if p.w2.shape[:2] != (b, n1) or p.w3.shape != (b, p.w2.shape[2]):
         raise ValueError(f"{name} has inconsistent shapes: w1 {tuple(p.w1.shape)}, "
@@ -186,11 +188,14 @@ class Embedding:
     w3: torch.Tensor
 
     def __post_init__(self):
-        _checks.tensor(self.w1, "w1", ndim=2)
+        _checks.tensor(self.w1, "w1", ndim=2, nonempty=True)
         _checks.tensor(self.w2, "w2", ndim=2)
         _checks.tensor(self.w3, "w3", ndim=1)
+        _checks.matching(self.w2, self.w1, "w2", "w1")
+        _checks.matching(self.w3, self.w1, "w3", "w1")
         if self.w2.shape != (self.w1.shape[0], self.w3.shape[0]):
-            raise ValueError(f"w2 must have shape (N1, N2) = ({self.w1.shape[0]}, {self.w3.shape[0]}), "
+            raise ValueError(f"w2 must have shape (N1, N2) = (rows of w1, length of w3) = "
+                             f"({self.w1.shape[0]}, {self.w3.shape[0]}), "
                              f"got {tuple(self.w2.shape)}")
 
     @property
@@ -207,14 +212,14 @@ class Embedding:
         r"""Sample ``batch`` networks of widths ``(n1, n2)``: :math:`C_1(j_1)`,
         :math:`C_2(j_2)` i.i.d. uniform on the index sets (with replacement).
 
-        Indices are drawn on the CPU from ``generator`` and moved to the tables'
-        device.
+        Indices are drawn on the CPU from ``generator`` (``mflib.generator(0)``
+        if omitted) and moved to the tables' device.
         """
-        n1 = _checks.integer(n1, "n1", minimum=1)
-        n2 = _checks.integer(n2, "n2", minimum=1)
-        batch = _checks.integer(batch, "batch", minimum=1)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        n1 = _checks.size(n1, "n1")
+        n2 = _checks.size(n2, "n2")
+        batch = _checks.size(batch, "batch")
+        _checks.elements(batch * n1 * (n2 + self.w1.shape[1]), "batch, n1 and n2")
+        generator = _checks.generator(generator)
         N1, N2 = self.sizes
         c1 = torch.randint(N1, (batch, n1), generator=generator).to(self.w1.device)
         c2 = torch.randint(N2, (batch, n2), generator=generator).to(self.w1.device)
@@ -223,19 +228,20 @@ class Embedding:
 
 
 def _gen(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
+    return _checks.generator(generator)
 
 
 def _first_layer_table(d, size, w1_mean, w1_std, generator):
-    """Check the arguments shared by the embedding constructors and draw the
+    r"""Check the arguments shared by the embedding constructors and draw the
     first-layer table :math:`w_1^0 \sim \mathcal N(\text{w1\_mean}\,\mathbb 1,
     \text{w1\_std}^2 I_d)`; returns ``(N1, N2, generator, w1)``."""
-    d = _checks.integer(d, "d", minimum=1)
+    d = _checks.size(d, "d")
+    if isinstance(size, (tuple, list)) and len(size) != 2:
+        raise ValueError(f"size must be an int or a pair (N1, N2), got {size!r}")
     N1, N2 = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-    N1 = _checks.integer(N1, "size", minimum=1)
-    N2 = _checks.integer(N2, "size", minimum=1)
+    N1 = _checks.size(N1, "size")
+    N2 = _checks.size(N2, "size")
+    _checks.elements(N1 * (N2 + d) + N2 * d, "size and d")
     w1_mean = _checks.real(w1_mean, "w1_mean")
     w1_std = _checks.real(w1_std, "w1_std", positive=True)
     g = _gen(generator)
@@ -266,17 +272,16 @@ def iid_embedding(d: int, size: int | tuple[int, int], *, w1_mean: float = 0.5, 
         Bounds of the uniform laws of :math:`w_2^0` and :math:`w_3^0`
         (bounded, as Assumption 2 requires).
     generator : torch.Generator or None
-        CPU generator; the tables are drawn on the CPU and moved to ``device``.
+        CPU generator (``mflib.generator(0)`` if omitted); the tables are drawn
+        on the CPU and moved to ``device``.
     dtype, device
         Of the tables.
     """
+    dtype = _checks.dtype(dtype)
+    device = _checks.device(device)
+    w2_range = _checks.interval(w2_range, "w2_range")
+    w3_range = _checks.interval(w3_range, "w3_range")
     N1, N2, g, w1 = _first_layer_table(d, size, w1_mean, w1_std, generator)
-    for name, r in (("w2_range", w2_range), ("w3_range", w3_range)):
-        if not isinstance(r, (tuple, list)) or len(r) != 2:
-            raise TypeError(f"{name} must be a pair (low, high)")
-        lo, hi = _checks.real(r[0], name), _checks.real(r[1], name)
-        if hi < lo:
-            raise ValueError(f"{name} must have low <= high, got {r}")
     w2 = w2_range[0] + (w2_range[1] - w2_range[0]) * torch.rand(N1, N2, generator=g, dtype=torch.float64)
     w3 = w3_range[0] + (w3_range[1] - w3_range[0]) * torch.rand(N2, generator=g, dtype=torch.float64)
     return Embedding(*(t.to(dtype=dtype, device=device) for t in (w1, w2, w3)))
@@ -294,6 +299,9 @@ def correlated_embedding(d: int, size: int | tuple[int, int], *, w1_mean: float 
     initialisation genuinely depend on :math:`c_2`, unlike under an i.i.d.
     initialisation (see :func:`h2_spread`).  Parameters as in :func:`iid_embedding`.
     """
+    dtype = _checks.dtype(dtype)
+    device = _checks.device(device)
+    w3_range = _checks.interval(w3_range, "w3_range")
     N1, N2, g, w1 = _first_layer_table(d, size, w1_mean, w1_std, generator)
     z = torch.randn(N2, d, generator=g, dtype=torch.float64)
     w2 = torch.sign(w1 @ z.T)
@@ -338,17 +346,24 @@ def teacher_data(m: int, d: int = 3, *, generator: torch.Generator | None = None
     teacher : object
         The function :math:`f^*` (a Python callable), mapping ``(M, d)`` to ``(M,)``.
     """
-    m = _checks.integer(m, "m", minimum=2)
-    d = _checks.integer(d, "d", minimum=1)
+    m = _checks.size(m, "m", minimum=2)
+    d = _checks.size(d, "d")
+    _checks.elements(m * d, "m and d")
+    symmetric = _checks.flag(symmetric, "symmetric")
+    dtype = _checks.dtype(dtype)
+    device = _checks.device(device)
     if symmetric and m % 2:
         raise ValueError(f"m must be even when symmetric=True, got {m}")
-    tg = torch.Generator().manual_seed(_checks.integer(teacher_seed, "teacher_seed", minimum=0))
+    tg = torch.Generator().manual_seed(_checks.seed(teacher_seed, "teacher_seed"))
     u = 1.5 * torch.randn(8, d, generator=tg, dtype=torch.float64)
     b = torch.randn(8, generator=tg, dtype=torch.float64)
     B = torch.randn(4, 8, generator=tg, dtype=torch.float64) / math.sqrt(8)
     a = torch.randn(4, generator=tg, dtype=torch.float64)
 
     def teacher(x):
+        _checks.tensor(x, "x", ndim=2)
+        if x.shape[1] != d:
+            raise ValueError(f"x must have {d} columns, got shape {tuple(x.shape)}")
         x64 = x.detach().to("cpu", torch.float64)
         h = torch.tanh(torch.tanh(x64 @ u.T + b) @ B.T * 2.0)
         return (0.3 + 0.5 * h @ a).to(dtype=x.dtype, device=x.device)
@@ -375,14 +390,12 @@ class Forward:
     yhat: torch.Tensor   #: ``(B, M)``
 
 
-def _check_x(x, params):
-    _checks.tensor(x, "x", ndim=2)
+def _check_x(x, params, name="x", pname="params"):
+    _checks.tensor(x, name, ndim=2, nonempty=True)
     if x.shape[1] != params.w1.shape[2]:
-        raise ValueError(f"x must have {params.w1.shape[2]} columns (the input dimension of w1), "
+        raise ValueError(f"{name} must have {params.w1.shape[2]} columns (the input dimension of w1), "
                          f"got shape {tuple(x.shape)}")
-    if x.dtype != params.w1.dtype or x.device != params.w1.device:
-        raise ValueError(f"x must have the dtype and device of params ({params.w1.dtype}, "
-                         f"{params.w1.device}), got ({x.dtype}, {x.device})")
+    _checks.matching(x, params.w1, name, pname)
 
 
 def _forward(p: Params, x, acts) -> Forward:
@@ -426,8 +439,7 @@ def _check_y(y, x):
     _checks.tensor(y, "y", ndim=1)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
-    if y.dtype != x.dtype or y.device != x.device:
-        raise ValueError("y must have the dtype and device of x")
+    _checks.matching(y, x, "y", "x")
 
 
 def loss(params: Params, x: torch.Tensor, y: torch.Tensor, *, phi=("tanh", "tanh", "identity")) -> torch.Tensor:
@@ -575,17 +587,27 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
     _check_x(x, params)
     _check_y(y, x)
     lr = _checks.real(lr, "lr", positive=True)
-    steps = _checks.integer(steps, "steps", minimum=0)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    steps = _checks.size(steps, "steps", minimum=0)
+    record_every = _checks.size(record_every, "record_every")
     xi = _check_schedule(xi)
     _checks.choice(on_divergence, "on_divergence", {"raise", "flag"})
     if batch_size is not None:
-        batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
+        batch_size = _checks.size(batch_size, "batch_size")
+        _checks.elements(steps * batch_size, "steps and batch_size")
+    B, n1, d = params.w1.shape
+    n2 = params.w2.shape[2]
+    rows = x.shape[0] if batch_size is None else batch_size
+    _checks.budget(8.0 * (steps + 1) * B * rows * (n1 * (n2 + d) + n2) + 1e3 * steps,
+                   "steps (with the sizes of params, x and batch_size)")
+    if not isinstance(snapshots, (tuple, list, set, range)):
+        raise TypeError(f"snapshots must be a sequence of step indices, got {type(snapshots).__name__}")
     g = _gen(generator)
     acts = _acts(phi)
     p = params.clone()
     idx = _batches(x.shape[0], steps, batch_size, g)
-    keep = {_checks.integer(k, "snapshots", minimum=0, maximum=steps) for k in snapshots}
+    keep = {_checks.integer(k, "snapshots", minimum=0) for k in snapshots}
+    if any(k > steps for k in keep):
+        raise ValueError(f"snapshots must hold steps in [0, steps={steps}], got {max(keep)}")
     snaps = {}
     times, losses = [], []
     last_good = p.clone()
@@ -625,10 +647,13 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
                 gr = _grads(p, x[idx[k].to(x.device)], y[idx[k].to(x.device)], acts)
             _update(p, gr, lr, xi)
     if diverged:
+        if not times:
+            raise ValueError("the initial risk is not finite: params, x or y out of range")
         if on_divergence == "raise":
             raise Diverged(f"training diverged (non-finite weights) before step {k} (t = {k * lr:g}); "
                            f"lower lr (= {lr:g})")
         p = last_good
+        snaps = {j: v for j, v in snaps.items() if j <= int(round(times[-1] / lr))}
     return Run(p, torch.tensor(times, dtype=torch.float64), torch.stack(losses, dim=1)
                if losses else torch.zeros(params.w1.shape[0], 0, dtype=torch.float64), diverged, snaps)
 
@@ -662,11 +687,20 @@ def distance(params: Params, reference: Params, c1: torch.Tensor, c2: torch.Tens
     _check_params(reference, "reference")
     if reference.w1.shape[0] != 1:
         raise ValueError(f"reference must have batch size 1, got {reference.w1.shape[0]}")
-    for name, c, n in (("c1", c1, params.widths[0]), ("c2", c2, params.widths[1])):
+    if reference.w1.shape[2] != params.w1.shape[2]:
+        raise ValueError(f"reference must have the input dimension of params ({params.w1.shape[2]}), "
+                         f"got {reference.w1.shape[2]}")
+    _checks.matching(reference.w1, params.w1, "reference", "params")
+    for name, c, n, N in (("c1", c1, params.widths[0], reference.widths[0]),
+                          ("c2", c2, params.widths[1], reference.widths[1])):
         if not isinstance(c, torch.Tensor) or c.dtype != torch.long:
-            raise TypeError(f"{name} must be a long tensor")
+            raise TypeError(f"{name} must be a long tensor, got "
+                            f"{c.dtype if isinstance(c, torch.Tensor) else type(c).__name__}")
         if c.shape != (params.w1.shape[0], n):
             raise ValueError(f"{name} must have shape {(params.w1.shape[0], n)}, got {tuple(c.shape)}")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= N):
+            raise ValueError(f"{name} must hold indices in [0, {N}) (the rows of reference), got "
+                             f"values in [{int(c.min())}, {int(c.max())}]")
     return _distance(params, reference, c1, c2)
 
 
@@ -735,19 +769,31 @@ def coupled_training(embedding: Embedding, x: torch.Tensor, y: torch.Tensor, *, 
     if not isinstance(embedding, Embedding):
         raise TypeError(f"embedding must be a threelayer.Embedding, got {type(embedding).__name__}")
     ref = embedding.ensemble()
-    _check_x(x, ref)
+    _check_x(x, ref, "x", "embedding")
     _check_y(y, x)
     if x_eval is None:
         x_eval = x
-    _check_x(x_eval, ref)
-    widths = [_checks.integer(n, "widths", minimum=1) for n in widths]
+    _check_x(x_eval, ref, "x_eval", "embedding")
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, (list, tuple, range)):
+        raise TypeError(f"widths must be a sequence of ints, got {type(widths).__name__}")
+    widths = [_checks.size(n, "widths") for n in widths]
     if not widths:
         raise ValueError("widths must not be empty")
+    if isinstance(seeds, dict):
+        missing = [n for n in widths if n not in seeds]
+        if missing:
+            raise ValueError(f"seeds must give a count for every width, missing {missing}")
     counts = {n: (seeds[n] if isinstance(seeds, dict) else seeds) for n in widths}
-    counts = {n: _checks.integer(c, "seeds", minimum=1) for n, c in counts.items()}
+    counts = {n: _checks.size(c, "seeds") for n, c in counts.items()}
     lr = _checks.real(lr, "lr", positive=True)
-    steps = _checks.integer(steps, "steps", minimum=0)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    steps = _checks.size(steps, "steps", minimum=0)
+    record_every = _checks.size(record_every, "record_every")
+    N1, N2 = embedding.sizes
+    d = embedding.w1.shape[1]
+    work = N1 * (N2 + d) + sum(counts[n] * n * (n + d) for n in widths)
+    _checks.elements(sum(counts[n] * n * (n + d) for n in widths), "widths and seeds")
+    _checks.budget(10.0 * (steps + 1) * x.shape[0] * work, "steps (with widths, seeds, the "
+                   "embedding's size and x)")
     xi = _check_schedule(xi)
     acts = _acts(phi)
     g = _gen(generator)
@@ -809,6 +855,7 @@ def first_layer_features(w1: torch.Tensor, x: torch.Tensor, *, phi1: str = "tanh
     shape ``(n1, d)``, ``x`` of shape ``(M, d)``; returns ``(M, n1)``."""
     _checks.tensor(w1, "w1", ndim=2)
     _checks.tensor(x, "x", ndim=2)
+    _checks.matching(x, w1, "x", "w1")
     if x.shape[1] != w1.shape[1]:
         raise ValueError(f"x must have {w1.shape[1]} columns, got shape {tuple(x.shape)}")
     f = ACTIVATIONS[_checks.choice(phi1, "phi1", ACTIVATIONS)][0]
@@ -837,9 +884,12 @@ def lstsq_fit_error(features_fit: torch.Tensor, target_fit: torch.Tensor, featur
         Relative ridge :math:`\lambda \ge 0`.
     """
     for name, t in (("features_fit", features_fit), ("features_test", features_test)):
-        _checks.tensor(t, name, ndim=2)
+        _checks.tensor(t, name, ndim=2, nonempty=True)
     _checks.tensor(target_fit, "target_fit", ndim=1)
     _checks.tensor(target_test, "target_test", ndim=1)
+    _checks.matching(features_test, features_fit, "features_test", "features_fit")
+    _checks.matching(target_fit, features_fit, "target_fit", "features_fit")
+    _checks.matching(target_test, features_fit, "target_test", "features_fit")
     _checks.same_rows(features_fit, target_fit, "features_fit", "target_fit")
     _checks.same_rows(features_test, target_test, "features_test", "target_test")
     if features_fit.shape[1] != features_test.shape[1]:
@@ -849,9 +899,17 @@ def lstsq_fit_error(features_fit: torch.Tensor, target_fit: torch.Tensor, featur
     At = torch.cat([features_test, torch.ones_like(features_test[:, :1])], 1).double()
     G = A.T @ A
     lam = ridge * G.diagonal().mean()
-    coef = torch.linalg.solve(G + lam * torch.eye(G.shape[0], dtype=G.dtype, device=G.device),
-                              A.T @ target_fit.double())
-    return float((At @ coef - target_test.double()).norm() / target_test.double().norm())
+    den = float(target_test.double().norm())
+    if den == 0:
+        raise ValueError("target_test is zero: the relative error is undefined")
+    names = "features_fit, target_fit, features_test, target_test or ridge"
+    M = _checks.finite_result(G + lam * torch.eye(G.shape[0], dtype=G.dtype, device=G.device),
+                              "the normal matrix", names)
+    coef, info = torch.linalg.solve_ex(M, A.T @ target_fit.double())
+    if int(info) != 0:
+        raise ValueError("the least-squares system is singular: give ridge > 0")
+    return _checks.finite_result(float((At @ coef - target_test.double()).norm()) / den,
+                                 "the relative error", names)
 
 
 # ----------------------------------------------------------------------------- two layers
@@ -874,8 +932,9 @@ class TwoLayerParams:
 def _check_two(p):
     if not isinstance(p, TwoLayerParams):
         raise TypeError(f"params must be a threelayer.TwoLayerParams, got {type(p).__name__}")
-    _checks.tensor(p.w, "params.w", ndim=3)
+    _checks.tensor(p.w, "params.w", ndim=3, nonempty=True)
     _checks.tensor(p.a, "params.a", ndim=2)
+    _checks.matching(p.a, p.w, "params.a", "params.w")
     if p.a.shape != p.w.shape[:2]:
         raise ValueError(f"params has inconsistent shapes: w {tuple(p.w.shape)}, a {tuple(p.a.shape)}")
 
@@ -885,11 +944,15 @@ def two_layer_init(n: int, d: int, *, batch: int = 1, w_mean: float = 0.5, w_std
                    dtype=torch.float64, device=None) -> TwoLayerParams:
     r"""I.i.d. initialisation of two-layer MF networks, the same laws as the first
     and last layers of :func:`iid_embedding`."""
-    n = _checks.integer(n, "n", minimum=1)
-    d = _checks.integer(d, "d", minimum=1)
-    batch = _checks.integer(batch, "batch", minimum=1)
+    n = _checks.size(n, "n")
+    d = _checks.size(d, "d")
+    batch = _checks.size(batch, "batch")
+    _checks.elements(batch * n * (d + 1), "batch, n and d")
     w_mean = _checks.real(w_mean, "w_mean")
     w_std = _checks.real(w_std, "w_std", positive=True)
+    a_range = _checks.interval(a_range, "a_range")
+    dtype = _checks.dtype(dtype)
+    device = _checks.device(device)
     g = _gen(generator)
     w = w_mean + w_std * torch.randn(batch, n, d, generator=g, dtype=torch.float64)
     a = a_range[0] + (a_range[1] - a_range[0]) * torch.rand(batch, n, generator=g, dtype=torch.float64)
@@ -899,9 +962,14 @@ def two_layer_init(n: int, d: int, *, batch: int = 1, w_mean: float = 0.5, w_std
 def two_layer_output(params: TwoLayerParams, x: torch.Tensor) -> torch.Tensor:
     r""":math:`\hat y(x) = \frac1n\sum_j a_j\tanh(\langle w_j,x\rangle)`, shape ``(B, M)``."""
     _check_two(params)
-    _checks.tensor(x, "x", ndim=2)
+    _checks.tensor(x, "x", ndim=2, nonempty=True)
     if x.shape[1] != params.w.shape[2]:
         raise ValueError(f"x must have {params.w.shape[2]} columns, got shape {tuple(x.shape)}")
+    _checks.matching(x, params.w, "x", "params")
+    return _two_layer_out(params, x)
+
+
+def _two_layer_out(params, x):
     return torch.einsum("bmj,bj->bm", torch.tanh(torch.einsum("md,bjd->bmj", x, params.w)),
                         params.a) / params.a.shape[1]
 
@@ -918,6 +986,10 @@ def two_layer_gradients(params: TwoLayerParams, x: torch.Tensor, y: torch.Tensor
     """
     yhat = two_layer_output(params, x)
     _check_y(y, x)
+    return _two_layer_grads(params, x, y, yhat)
+
+
+def _two_layer_grads(params, x, y, yhat):
     pre = torch.einsum("md,bjd->bmj", x, params.w)
     f = torch.tanh(pre)
     r = (yhat - y) / x.shape[0]
@@ -945,22 +1017,31 @@ def train_two_layer(params: TwoLayerParams, x: torch.Tensor, y: torch.Tensor, *,
     On non-finite values, ``mflib.Diverged`` is raised.
     """
     _check_two(params)
+    _checks.tensor(x, "x", ndim=2, nonempty=True)
+    if x.shape[1] != params.w.shape[2]:
+        raise ValueError(f"x must have {params.w.shape[2]} columns, got shape {tuple(x.shape)}")
+    _checks.matching(x, params.w, "x", "params")
+    _check_y(y, x)
     lr = _checks.real(lr, "lr", positive=True)
-    steps = _checks.integer(steps, "steps", minimum=0)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    steps = _checks.size(steps, "steps", minimum=0)
+    record_every = _checks.size(record_every, "record_every")
+    _checks.budget(8.0 * (steps + 1) * params.w.numel() * x.shape[0] + 1e3 * steps,
+                   "steps (with the sizes of params and x)")
     p = TwoLayerParams(params.w.clone(), params.a.clone())
     times, losses = [], []
     with torch.no_grad():
         for k in range(steps + 1):
             if k % record_every == 0 or k == steps:
-                lo = 0.5 * ((two_layer_output(p, x) - y) ** 2).mean(1)
+                lo = 0.5 * ((_two_layer_out(p, x) - y) ** 2).mean(1)
                 if not bool(torch.isfinite(lo).all()):
+                    if k == 0:
+                        raise ValueError("the initial risk is not finite: params, x or y out of range")
                     raise Diverged(f"two-layer training diverged at t = {k * lr:g}; lower lr (= {lr:g})")
                 times.append(k * lr)
                 losses.append(lo.to("cpu", torch.float64))
             if k == steps:
                 break
-            gw, ga = two_layer_gradients(p, x, y)
+            gw, ga = _two_layer_grads(p, x, y, _two_layer_out(p, x))
             if not (bool(torch.isfinite(gw).all()) and bool(torch.isfinite(ga).all())):
                 raise Diverged(f"two-layer training diverged at t = {k * lr:g}; lower lr (= {lr:g})")
             p.w.sub_(lr * gw)

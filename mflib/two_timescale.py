@@ -76,7 +76,10 @@ class StepTarget:
 
     def __post_init__(self):
         _checks.tensor(self.jumps, "jumps", ndim=1)
-        _checks.tensor(self.values, "values", ndim=1)
+        _checks.tensor(self.values, "values", ndim=1, nonempty=True)
+        _checks.matching(self.jumps, self.values, "jumps", "values")
+        if self.values.numel() and float(self.values.abs().max()) > 1e50:
+            raise ValueError("values are too large: the risk (their square, integrated) would overflow")
         if self.values.shape[0] != self.jumps.shape[0] + 1:
             raise ValueError(f"values must have len(jumps) + 1 = {self.jumps.shape[0] + 1} "
                              f"entries, got {self.values.shape[0]}")
@@ -92,11 +95,17 @@ class StepTarget:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate :math:`f^*` (right-continuous) at ``x``."""
+        _checks.tensor(x, "x")
+        return self._eval(x)
+
+    def _eval(self, x):
         idx = torch.searchsorted(self.jumps.to(x), x.contiguous(), right=True)
         return self.values.to(x)[idx]
 
     def primitive(self, x: torch.Tensor, power: int = 1) -> torch.Tensor:
         r"""Exact :math:`\int_0^x f^*(s)^p\,ds` for ``power`` :math:`p\in\{1,2\}`."""
+        _checks.tensor(x, "x", ndim=1)
+        power = _checks.integer(power, "power", minimum=1, maximum=2)
         v = self.values.to(x) ** power
         knots = torch.cat([x.new_zeros(1), self.jumps.to(x)])
         cum = torch.cat([x.new_zeros(1), torch.cumsum(v[:-1] * (knots[1:] - knots[:-1]), 0)])
@@ -107,14 +116,22 @@ class StepTarget:
 def paper_target(dtype: torch.dtype = torch.float64) -> StepTarget:
     """The target of the paper's experiments: jumps at 0.2, 0.35, 0.5, 0.65, 0.8,
     values 1, 5, 1, 3, 1, 5 (minimal gap 0.15, minimal jump 2)."""
+    dtype = _checks.dtype(dtype)
     return StepTarget(torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8], dtype=dtype),
                       torch.tensor([1.0, 5.0, 1.0, 3.0, 1.0, 5.0], dtype=dtype))
 
 
-def _target(target) -> StepTarget:
+def _target(target, like=None, like_name="u0") -> StepTarget:
     if not isinstance(target, StepTarget):
         raise TypeError(f"target must be a StepTarget, got {type(target).__name__}")
+    if like is not None and target.values.dtype != like.dtype:
+        raise TypeError(f"target and {like_name} must have the same dtype, got "
+                        f"{target.values.dtype} and {like.dtype}")
     return target
+
+
+def _eta(eta):
+    return _checks.real(eta, "eta", positive=True, minimum=1e-9, maximum=10.0)
 
 
 # --------------------------------------------------------------------------- activation
@@ -128,7 +145,10 @@ def smooth_step(z: torch.Tensor) -> torch.Tensor:
         \sigma(z) = \begin{cases} 0 & z\le -\tfrac12\\ 4(z+\tfrac12)^3 & -\tfrac12\le z\le 0\\
         1-4(\tfrac12-z)^3 & 0\le z\le\tfrac12\\ 1 & z\ge\tfrac12.\end{cases}
     """
-    _checks.tensor(z, "z", finite=False)
+    return _sstep(_checks.tensor(z, "z"))
+
+
+def _sstep(z):
     zc = z.clamp(-0.5, 0.5)
     return torch.where(zc < 0, 4 * (zc + 0.5) ** 3, 1 - 4 * (0.5 - zc) ** 3)
 
@@ -136,19 +156,27 @@ def smooth_step(z: torch.Tensor) -> torch.Tensor:
 def smooth_step_grad(z: torch.Tensor) -> torch.Tensor:
     r"""Derivative of :func:`smooth_step`: :math:`12(\tfrac12-|z|)^2` on
     :math:`|z|\le\tfrac12`, zero outside (continuous, integral 1)."""
-    _checks.tensor(z, "z", finite=False)
+    return _sstep_grad(_checks.tensor(z, "z"))
+
+
+def _sstep_grad(z):
     return 12 * (0.5 - z.abs().clamp(max=0.5)) ** 2
 
 
-def _check_params(a, u, eta):
-    _checks.tensor(u, "u", ndim=(1, 2))
-    _checks.tensor(a, "a", ndim=(1, 2))
+def _check_params(a, u, eta, na="a", nu="u"):
+    _checks.tensor(u, nu, ndim=(1, 2))
+    _checks.tensor(a, na, ndim=(1, 2))
+    _checks.matching(a, u, na, nu)
     if a.shape[:-1] != u.shape[:-1] or a.shape[-1] != u.shape[-1] + 1:
-        raise ValueError(f"a must have shape (..., m + 1) for u of shape (..., m); got a "
-                         f"{tuple(a.shape)} and u {tuple(u.shape)}")
+        raise ValueError(f"{na} must have shape (..., m + 1) for {nu} of shape (..., m); got {na} "
+                         f"{tuple(a.shape)} and {nu} {tuple(u.shape)}")
     if u.shape[-1] < 1:
-        raise ValueError("u must hold at least one neuron (m >= 1)")
-    return _checks.real(eta, "eta", positive=True)
+        raise ValueError(f"{nu} must hold at least one neuron (m >= 1)")
+    if u.ndim == 2 and u.shape[0] < 1:
+        raise ValueError(f"{nu} must hold at least one run, got shape {tuple(u.shape)}")
+    if float(a.detach().abs().max()) > 1e50:
+        raise ValueError(f"{na} is too large: the risk would overflow")
+    return _eta(eta)
 
 
 def network(x: torch.Tensor, a: torch.Tensor, u: torch.Tensor, eta: float) -> torch.Tensor:
@@ -172,7 +200,9 @@ def network(x: torch.Tensor, a: torch.Tensor, u: torch.Tensor, eta: float) -> to
     """
     eta = _check_params(a, u, eta)
     _checks.tensor(x, "x", ndim=1)
-    s = smooth_step((x[..., :, None] - u[..., None, :]) / eta)
+    _checks.matching(x, u, "x", "u")
+    _checks.elements(x.numel() * u.numel(), "x and u")
+    s = _sstep((x[..., :, None] - u[..., None, :]) / eta)
     return a[..., :1] + (s * a[..., None, 1:]).sum(-1)
 
 
@@ -234,32 +264,41 @@ def population_loss_grad(a: torch.Tensor, u: torch.Tensor, target: StepTarget, e
         batch shape of the inputs.
     """
     eta = _check_params(a, u, eta)
-    target = _target(target)
+    target = _target(target, u, "u")
+    grad = _checks.flag(grad, "grad")
     squeeze = u.ndim == 1
     a2, u2 = (a[None], u[None]) if squeeze else (a, u)
     x, w = _quadrature(u2, target, eta)
     z = (x[:, :, None] - u2[:, None, :]) / eta
-    s = smooth_step(z)
-    r = a2[:, :1] + torch.einsum("bkm,bm->bk", s, a2[:, 1:]) - target(x)
+    s = _sstep(z)
+    r = a2[:, :1] + torch.einsum("bkm,bm->bk", s, a2[:, 1:]) - target._eval(x)
     wr = w * r
     loss = (wr * r).sum(1)
     if not grad:
         return loss[0] if squeeze else loss
     g0 = 2 * wr.sum(1, keepdim=True)
     ga = torch.cat([g0, 2 * torch.einsum("bk,bkm->bm", wr, s)], dim=1)
-    gu = -2 * a2[:, 1:] / eta * torch.einsum("bk,bkm->bm", wr, smooth_step_grad(z))
+    gu = -2 * a2[:, 1:] / eta * torch.einsum("bk,bkm->bm", wr, _sstep_grad(z))
     if squeeze:
         return loss[0], ga[0], gu[0]
     return loss, ga, gu
 
 
+def _population_loss(a, u, target, eta):
+    """R(a, u) for batched (B, m + 1), (B, m) inputs, without argument checks."""
+    x, w = _quadrature(u, target, eta)
+    s = _sstep((x[:, :, None] - u[:, None, :]) / eta)
+    r = a[:, :1] + torch.einsum("bkm,bm->bk", s, a[:, 1:]) - target._eval(x)
+    return (w * r * r).sum(1)
+
+
 def _gram(u: torch.Tensor, target: StepTarget, eta: float):
     """Gram matrix G = int phi phi^T and b = int f* phi, phi = (1, sigma_1, ..., sigma_m)."""
     x, w = _quadrature(u, target, eta)
-    s = smooth_step((x[:, :, None] - u[:, None, :]) / eta)
+    s = _sstep((x[:, :, None] - u[:, None, :]) / eta)
     phi = torch.cat([torch.ones_like(s[..., :1]), s], dim=-1)
     G = torch.einsum("bk,bki,bkj->bij", w, phi, phi)
-    b = torch.einsum("bk,bk,bki->bi", w, target(x), phi)
+    b = torch.einsum("bk,bk,bki->bi", w, target._eval(x), phi)
     return G, b
 
 
@@ -267,15 +306,20 @@ def optimal_outer(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tens
     r"""The optimal outer weights :math:`a^*(u)=\arg\min_a R(a,u)` (solution of
     :math:`G a = b` with a relative ridge of :math:`10^{-12}` for the
     degenerate case of coinciding neurons)."""
-    eta = _checks.real(eta, "eta", positive=True)
-    _checks.tensor(u, "u", ndim=(1, 2))
-    target = _target(target)
+    eta = _eta(eta)
+    _checks.tensor(u, "u", ndim=(1, 2), nonempty=True)
+    target = _target(target, u, "u")
+    if float(u.abs().max()) > 1e6:
+        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
     squeeze = u.ndim == 1
     u2 = u[None] if squeeze else u
     G, b = _gram(u2, target, eta)
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     ridge = 1e-12 * G.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
-    a = torch.linalg.solve(G + ridge * eye, b)
+    a, info = torch.linalg.solve_ex(G + ridge * eye, b)
+    if bool((info != 0).any()):
+        raise ValueError("the Gram system of u is singular (positions outside [0, 1]?)")
+    _checks.finite_result(a, "a*(u)", "u or eta")
     return a[0] if squeeze else a
 
 
@@ -293,7 +337,7 @@ def step_floor(target: StepTarget, eta: float) -> float:
     :math:`m` free neurons is at most this value (the paper's exact constant is
     not reproduced here)."""
     target = _target(target)
-    eta = _checks.real(eta, "eta", positive=True)
+    eta = _eta(eta)
     return float(eta * (target.heights ** 2).sum() / 28.0)
 
 
@@ -312,12 +356,15 @@ def init_positions(m: int, target: StepTarget, *, batch: int = 1, generator: tor
     ValueError
         If ``m`` is too small for the condition or ``max_tries`` draws fail.
     """
-    m = _checks.integer(m, "m", minimum=1)
-    batch = _checks.integer(batch, "batch", minimum=1)
+    m = _checks.size(m, "m")
+    batch = _checks.size(batch, "batch")
     min_per_piece = _checks.integer(min_per_piece, "min_per_piece", minimum=0)
     target = _target(target)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    generator = _checks.generator(generator)
+    dtype = _checks.dtype(dtype)
+    max_tries = _checks.size(max_tries, "max_tries")
+    _checks.elements(batch * m, "batch and m")
+    _checks.budget(float(batch) * max_tries * m * 30, "batch, max_tries and m")
     n_pieces = target.values.shape[0]
     if m < min_per_piece * n_pieces:
         raise ValueError(f"m must be >= min_per_piece * pieces = {min_per_piece * n_pieces}, got {m}")
@@ -339,7 +386,9 @@ def init_positions(m: int, target: StepTarget, *, batch: int = 1, generator: tor
 def jump_distance(u: torch.Tensor, target: StepTarget) -> torch.Tensor:
     """Distance from each jump to its nearest neuron, shape ``(..., n-1)``."""
     _checks.tensor(u, "u", ndim=(1, 2, 3))
-    target = _target(target)
+    if u.shape[-1] < 1:
+        raise ValueError(f"u must hold at least one neuron in its last dimension, got shape {tuple(u.shape)}")
+    target = _target(target, u, "u")
     return (u[..., None, :] - target.jumps.to(u)[:, None]).abs().min(-1).values
 
 
@@ -366,6 +415,9 @@ class TrainResult:
     diverged : torch.Tensor
         ``(B,)`` bool; a diverged run's records stop at its last finite step
         (later records repeat it).
+    recorded : torch.Tensor or None
+        ``(B,)`` int64: how many records each run computed (``T`` for a run
+        that did not diverge); records past that repeat the last computed one.
     """
 
     tau: torch.Tensor
@@ -374,11 +426,17 @@ class TrainResult:
     loss: torch.Tensor
     steps: int
     diverged: torch.Tensor
+    recorded: torch.Tensor | None = None
 
 
 def _batch_eps(eps, B, like):
     if isinstance(eps, torch.Tensor):
-        eps = _checks.tensor(eps.to(like), "eps", ndim=(0, 1))
+        _checks.tensor(eps, "eps", ndim=(0, 1), floating=False)
+        if eps.dtype == torch.bool:
+            raise TypeError("eps must hold real numbers, got a bool tensor")
+        if eps.numel() and float(eps.abs().max()) > _checks.MAX_REAL:
+            raise ValueError("eps is too large: the computation would overflow")
+        eps = eps.to(like)
         eps = eps.expand(B).clone() if eps.ndim == 0 else eps
         if eps.shape[0] != B:
             raise ValueError(f"eps must have {B} entries (one per run), got {eps.shape[0]}")
@@ -402,7 +460,7 @@ def _terms(a, u, target, eta):
     phi = torch.cat([torch.ones_like(s[..., :1]), s], dim=-1)
     wphi = w[..., None] * phi
     G = wphi.transpose(1, 2) @ phi
-    fs = target(x)
+    fs = target._eval(x)
     b = (wphi * fs[..., None]).sum(1)
     r = (phi @ a[..., None])[..., 0] - fs
     wr = w * r
@@ -415,12 +473,20 @@ def _terms(a, u, target, eta):
     return loss, ga, gu, hu, G, b
 
 
-def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_steps, limit):
-    """Shared integrator of :func:`train_population` and :func:`train_limit` (in slow time)."""
+def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_steps, limit,
+                   names="a0 and u0"):
+    """Shared integrator of :func:`train_population` and :func:`train_limit` (in slow time).
+
+    A run whose state becomes non-finite (or whose positions leave
+    :math:`(-10, 10)`) is flagged ``diverged`` and keeps its last finite state
+    and the records it computed; the horizon is refused up front when the
+    initial speed of the neurons says it needs more than ``max_steps`` steps.
+    """
     B, m = u.shape
     grid = torch.linspace(0.0, tau_max, n_records, dtype=u.dtype)
-    rec_u = u.new_empty(B, n_records, m)
-    rec_loss = u.new_empty(B, n_records)
+    # NaN-filled, so that a record that was never written cannot pass for a value
+    rec_u = u.new_full((B, n_records, m), math.nan)
+    rec_loss = u.new_full((B, n_records), math.nan)
     tau = torch.zeros(B, dtype=u.dtype)
     nxt = torch.zeros(B, dtype=torch.long)
     diverged = torch.zeros(B, dtype=torch.bool)
@@ -429,6 +495,8 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
     steps = 0
     dtau_max = tau_max / (n_records - 1)
     prev_u, prev_a = u, a
+    good_u, good_a = u.clone(), a.clone()      # last finite state of every run
+    first = True
     while True:
         act = rows[~diverged & (nxt < n_records)]          # runs still integrating
         if act.numel() == 0:
@@ -438,15 +506,28 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
         if limit:
             G, b = _gram(ua, target, eta)
             ridge = 1e-12 * G.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
-            aa = torch.linalg.solve(G + ridge * eye, b[..., None])[..., 0]
+            aa = torch.linalg.solve_ex(G + ridge * eye, b[..., None])[0][..., 0]
         loss, ga, gu, hu, G, b = _terms(aa, ua, target, eta)
-        bad_a = ~(torch.isfinite(loss) & torch.isfinite(ga).all(1) & torch.isfinite(gu).all(1)
-                  & (ua.abs() < 10).all(1)).cpu()
+        ok = (torch.isfinite(loss) & torch.isfinite(ga).all(1) & torch.isfinite(gu).all(1)
+              & torch.isfinite(hu).all(1) & torch.isfinite(aa).all(1) & torch.isfinite(ua).all(1)
+              & (ua.abs() < 10).all(1)).cpu()
+        if first:
+            first = False
+            if not bool(ok.all()):
+                raise ValueError(f"{names} give a non-finite risk or gradient at the start (or "
+                                 f"positions outside (-10, 10)): their values are out of range")
+            _checks.budget(float(max_steps) * B * (m + 1) ** 2 * (6 * m + 30) * 8,
+                           "max_steps (with the sizes of u0)")
+        bad_a = ~ok
         if bool(bad_a.any()):                               # back to the last finite state
             diverged[act[bad_a]] = True
             back = act[bad_a].to(u.device)
             u, a = u.clone(), a.clone()
             u[back], a[back] = prev_u[back], prev_a[back]
+        if bool(ok.any()):
+            keep = act[ok].to(u.device)
+            okd = ok.to(u.device)
+            good_u[keep], good_a[keep] = ua[okd], aa[okd]
         live_a = ~diverged[act]
         due = live_a & (tau[act] >= grid[nxt[act]] - 1e-12 * tau_max)
         if bool(due.any()):
@@ -456,16 +537,21 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             nxt[idx] += 1
             live_a = live_a & (nxt[act] < n_records)
         if not bool(live_a.any()):
-            if limit:
-                a = a.clone()
-                a[act] = aa
             if not bool((~diverged & (nxt < n_records)).any()):
                 break
             continue
         if steps >= max_steps:
-            raise ValueError(f"max_steps={max_steps} reached before tau_max")
+            raise ValueError(f"max_steps={max_steps} reached before tau_max={tau_max:g}: lower "
+                             f"tau_max or raise max_disp or max_steps")
         speed = gu.abs().max(1).values.cpu()
         ta = tau[act]
+        # steps still needed at the current speeds: far beyond max_steps, the horizon cannot be
+        # reached (tau_max too long, max_disp too small) -- refuse now rather than run for hours
+        need = float(((tau_max - ta) * speed / (max_disp * eta))[live_a].max()) if bool(live_a.any()) else 0.0
+        if not need <= 10 * (max_steps - steps):
+            raise ValueError(f"tau_max={tau_max:g} with max_disp={max_disp:g} needs about {need:.3g} "
+                             f"more steps at the current speed of the neurons, far more than "
+                             f"max_steps={max_steps}: lower tau_max or raise max_disp")
         dtau = torch.minimum(max_disp * eta / speed.clamp(min=1e-300), torch.full_like(ta, dtau_max))
         dtau = torch.minimum(dtau, grid[nxt[act].clamp(max=n_records - 1)] - ta)
         dtau = torch.where(live_a, dtau.clamp(min=0), torch.zeros_like(dtau))
@@ -492,10 +578,11 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
         tau[act] = ta + dtau
         steps += 1
     for i in rows[diverged].tolist():          # a diverged run repeats its last finite record
-        k = max(int(nxt[i]) - 1, 0)
+        k = int(nxt[i]) - 1                    # >= 0: every run records its finite start
         rec_u[i, k + 1:] = rec_u[i, k]
         rec_loss[i, k + 1:] = rec_loss[i, k]
-    return TrainResult(grid.to(u), rec_u, a, rec_loss, steps, diverged.to(u.device))
+    return TrainResult(grid.to(u), rec_u, good_a, rec_loss, steps, diverged.to(u.device),
+                       nxt.clone())
 
 
 def train_population(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta: float, eps,
@@ -537,13 +624,14 @@ def train_population(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta
     max_steps : int
         Give up (``ValueError``) beyond this many steps.
     """
-    eta = _check_params(a0, u0, eta)
-    target = _target(target)
+    eta = _check_params(a0, u0, eta, "a0", "u0")
+    target = _target(target, u0)
     tau_max = _checks.real(tau_max, "tau_max", positive=True)
-    n_records = _checks.integer(n_records, "n_records", minimum=2)
-    max_disp = _checks.real(max_disp, "max_disp", positive=True)
-    max_steps = _checks.integer(max_steps, "max_steps", minimum=1)
+    n_records = _checks.size(n_records, "n_records", minimum=2, maximum=10 ** 6)
+    max_disp = _checks.real(max_disp, "max_disp", positive=True, minimum=1e-12)
+    max_steps = _checks.size(max_steps, "max_steps")
     a, u = (a0[None], u0[None]) if u0.ndim == 1 else (a0, u0)
+    _checks.elements(u.numel() * n_records, "n_records and u0")
     eps = _batch_eps(eps, u.shape[0], u)
     return _tau_integrate(a.clone(), u.clone(), target, eta, eps, tau_max, n_records, max_disp,
                           max_steps, limit=False)
@@ -563,18 +651,19 @@ def train_limit(u0: torch.Tensor, target: StepTarget, eta: float, tau_max: float
     (by the envelope theorem this is also :math:`-\nabla_u\min_a R(a,u)`),
     integrated with the same :math:`u`-steps as :func:`train_population`.
     """
-    eta = _checks.real(eta, "eta", positive=True)
-    _checks.tensor(u0, "u0", ndim=(1, 2))
-    target = _target(target)
+    eta = _eta(eta)
+    _checks.tensor(u0, "u0", ndim=(1, 2), nonempty=True)
+    target = _target(target, u0)
     tau_max = _checks.real(tau_max, "tau_max", positive=True)
-    n_records = _checks.integer(n_records, "n_records", minimum=2)
-    max_disp = _checks.real(max_disp, "max_disp", positive=True)
-    max_steps = _checks.integer(max_steps, "max_steps", minimum=1)
+    n_records = _checks.size(n_records, "n_records", minimum=2, maximum=10 ** 6)
+    max_disp = _checks.real(max_disp, "max_disp", positive=True, minimum=1e-12)
+    max_steps = _checks.size(max_steps, "max_steps")
+    _checks.elements(u0.numel() * n_records, "n_records and u0")
     u = (u0[None] if u0.ndim == 1 else u0).clone()
     a = u.new_zeros(u.shape[0], u.shape[1] + 1)
     eps = u.new_ones(u.shape[0])
     return _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_steps,
-                          limit=True)
+                          limit=True, names="u0")
 
 
 def heaviside_limit(u0: torch.Tensor, target: StepTarget, tau_max: float, *,
@@ -600,11 +689,14 @@ def heaviside_limit(u0: torch.Tensor, target: StepTarget, tau_max: float, *,
     :math:`\int (f^*-c)^2`, computed exactly.  (A small loop on the CPU in
     NumPy; results are returned on the device and dtype of ``u0``.)
     """
-    _checks.tensor(u0, "u0", ndim=(1, 2))
-    target = _target(target)
-    tau_max = _checks.real(tau_max, "tau_max", positive=True)
-    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
-    n_records = _checks.integer(n_records, "n_records", minimum=2, maximum=n_steps + 1)
+    _checks.tensor(u0, "u0", ndim=(1, 2), nonempty=True)
+    target = _target(target, u0)
+    tau_max = _checks.real(tau_max, "tau_max", positive=True, maximum=1e12)
+    n_steps = _checks.size(n_steps, "n_steps")
+    n_records = _checks.size(n_records, "n_records", minimum=2, maximum=n_steps + 1)
+    _checks.budget(float(n_steps) * u0.numel() * (target.jumps.numel() + 8) * 20,
+                   "n_steps (with the sizes of u0 and target)")
+    _checks.elements(u0.numel() * n_records, "n_records and u0")
     U = (u0[None] if u0.ndim == 1 else u0).detach().cpu().double().numpy().copy()
     if not (np.diff(U, axis=1) >= 0).all():
         raise ValueError("u0 must be sorted along its last dimension")
@@ -652,7 +744,8 @@ def heaviside_limit(u0: torch.Tensor, target: StepTarget, tau_max: float, *,
     grid = torch.tensor(np.flatnonzero(keep) * dt, **like)
     return TrainResult(grid, torch.tensor(np.stack(us, 1), **like), torch.zeros(B, m + 1, **like),
                        torch.tensor(np.stack(losses, 1), **like), n_steps,
-                       torch.zeros(B, dtype=torch.bool, device=u0.device))
+                       torch.zeros(B, dtype=torch.bool, device=u0.device),
+                       torch.full((B,), len(us), dtype=torch.long))
 
 
 def train_sgd(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta: float, eps: float,
@@ -675,16 +768,19 @@ def train_sgd(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta: float
     that produces non-finite values is flagged ``diverged`` and frozen at its
     last finite state.
     """
-    eta = _check_params(a0, u0, eta)
-    target = _target(target)
+    eta = _check_params(a0, u0, eta, "a0", "u0")
+    target = _target(target, u0)
     eps = _checks.real(eps, "eps", positive=True)
     h = _checks.real(h, "h", positive=True)
-    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
-    batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
+    n_steps = _checks.size(n_steps, "n_steps")
+    batch_size = _checks.size(batch_size, "batch_size")
     noise = _checks.real(noise, "noise", nonnegative=True)
-    n_records = _checks.integer(n_records, "n_records", minimum=2, maximum=n_steps + 1)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    n_records = _checks.size(n_records, "n_records", minimum=2, maximum=n_steps + 1)
+    generator = _checks.generator(generator)
+    _checks.elements(min(4096, n_steps) * u0.numel() // max(u0.shape[-1], 1) * batch_size
+                     * (u0.shape[-1] + 2), "n_steps, batch_size and u0")
+    _checks.budget(float(n_steps) * u0.numel() * batch_size * 30 + 2e3 * n_steps,
+                   "n_steps (with batch_size and the size of u0)")
     a, u = (a0[None], u0[None]) if u0.ndim == 1 else (a0, u0)
     a, u = a.clone(), u.clone()
     B = u.shape[0]
@@ -694,21 +790,28 @@ def train_sgd(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta: float
     vals, jumps = target.values.to(u), target.jumps.to(u)
     us, losses, taus = [], [], []
     diverged = torch.zeros(B, dtype=torch.bool, device=u.device)
+    recorded = torch.zeros(B, dtype=torch.long, device=u.device)
     last_a, last_u = a.clone(), u.clone()
-    alive = torch.ones(B, 1, dtype=u.dtype, device=u.device)
     chunk = 4096
     for k in range(n_steps + 1):
         if is_rec[k]:
-            ok = torch.isfinite(u).all(1) & torch.isfinite(a).all(1) & (u.abs() < 1e6).all(1)
+            loss_k = population_loss_grad(a, u, target, eta, grad=False) if k == 0 else \
+                _population_loss(a, u, target, eta)
+            ok = torch.isfinite(u).all(1) & torch.isfinite(a).all(1) & (u.abs() < 1e6).all(1) \
+                & torch.isfinite(loss_k)
+            if k == 0 and not bool(ok.all()):
+                raise ValueError("a0 and u0 give a non-finite risk at the start: their values are "
+                                 "out of range")
             newly = ~ok & ~diverged
             if bool(newly.any()):   # freeze at the last finite record
                 diverged |= newly
                 a = torch.where(diverged[:, None], last_a, a)
                 u = torch.where(diverged[:, None], last_u, u)
-                alive = (~diverged).to(u.dtype)[:, None]
+                loss_k = torch.where(diverged, losses[-1], loss_k)
+            recorded += (~diverged).long()
             last_a, last_u = a.clone(), u.clone()
             us.append(last_u)
-            losses.append(population_loss_grad(a, u, target, eta, grad=False))
+            losses.append(loss_k)
             taus.append(k * h * eps)
         if k == n_steps:
             break
@@ -720,15 +823,17 @@ def train_sgd(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta: float
             ys = vals[torch.searchsorted(jumps, xs, right=True)] + noise * xi
         x, y = xs[j], ys[j]
         z = (x[:, :, None] - u[:, None, :]) / eta
-        s = smooth_step(z)
+        s = _sstep(z)
         r = a[:, :1] + (s * a[:, None, 1:]).sum(-1) - y                    # (B, b)
         ga = torch.cat([r.mean(1, keepdim=True), (r[:, :, None] * s).mean(1)], 1) * 2
-        gu = -2 * a[:, 1:] / eta * (r[:, :, None] * smooth_step_grad(z)).mean(1)
-        a = a - (h * alive) * ga
-        u = u - (h * eps * alive) * gu
+        gu = -2 * a[:, 1:] / eta * (r[:, :, None] * _sstep_grad(z)).mean(1)
+        live = ~diverged[:, None]           # a frozen run stays exactly at its last finite state
+        a = torch.where(live, a - h * ga, a)
+        u = torch.where(live, u - (h * eps) * gu, u)
     res_u = torch.stack(us, 1)
     res_loss = torch.stack(losses, 1)
-    return TrainResult(torch.tensor(taus, dtype=u.dtype), res_u, a, res_loss, n_steps, diverged)
+    return TrainResult(torch.tensor(taus, dtype=u.dtype), res_u, a, res_loss, n_steps, diverged,
+                       recorded.cpu())
 
 
 # --------------------------------------------------------------------------- fixed-sample experiments (Fig. 6 / App. C)
@@ -760,8 +865,12 @@ def additive_step_problem(d: int, n: int, *, generator: torch.Generator,
     :math:`y=\sum_{i=1}^d\sum_t \mathbb 1(x_i>t)` for thresholds
     :math:`t\in\{0.3,0.5,0.7\}` on ``n`` points :math:`x\sim U[0,1]^d`.
     Returns ``(X, y)``."""
-    d = _checks.integer(d, "d", minimum=1)
-    n = _checks.integer(n, "n", minimum=1)
+    d = _checks.size(d, "d")
+    n = _checks.size(n, "n")
+    _checks.elements(n * d * 4, "n and d")
+    generator = _checks.generator(generator)
+    dtype = _checks.dtype(dtype)
+    thresholds = _checks.reals(thresholds, "thresholds")
     X = torch.rand(n, d, generator=generator, dtype=dtype)
     th = torch.tensor(thresholds, dtype=dtype)
     y = (X[:, :, None] > th).to(dtype).sum((1, 2))
@@ -774,7 +883,16 @@ def relu_teacher_problem(n: int, *, generator: torch.Generator, kinks=(0.3, 0.5,
     :math:`y=\sum_k w_k\,\mathrm{relu}(x-t_k)` with kinks 0.3, 0.5, 0.7 and
     weights 1, -2, 3, on ``n`` points :math:`x\sim U[0,1]`.  Returns
     ``(X, y)`` with ``X`` of shape ``(n, 1)``."""
-    n = _checks.integer(n, "n", minimum=1)
+    n = _checks.size(n, "n")
+    generator = _checks.generator(generator)
+    dtype = _checks.dtype(dtype)
+    kinks = _checks.reals(kinks, "kinks")
+    weights = _checks.reals(weights, "weights")
+    if len(kinks) != len(weights):
+        raise ValueError(f"kinks and weights must have the same length (one weight per kink), "
+                         f"got {len(kinks)} and {len(weights)}")
+    if not kinks:
+        raise ValueError("kinks must hold at least one kink")
     X = torch.rand(n, 1, generator=generator, dtype=dtype)
     y = sum(w * torch.relu(X[:, 0] - t) for t, w in zip(kinks, weights))
     return X, y
@@ -796,20 +914,25 @@ def train_fixed_sample(X: torch.Tensor, y: torch.Tensor, *, units: int, activati
     authors' code), learning rates ``lr_a`` on :math:`a` and ``lr_u`` on
     :math:`u`.  Gradients by autograd.
     """
-    _checks.tensor(X, "X", ndim=2)
+    _checks.tensor(X, "X", ndim=2, nonempty=True)
     _checks.tensor(y, "y", ndim=1)
+    _checks.matching(y, X, "y", "X")
     _checks.same_rows(X, y, "X", "y")
-    units = _checks.integer(units, "units", minimum=1)
+    units = _checks.size(units, "units")
     _checks.choice(activation, "activation", {"step", "relu"})
     lr_a = _checks.real(lr_a, "lr_a", positive=True)
     lr_u = _checks.real(lr_u, "lr_u", nonnegative=True)
-    epochs = _checks.integer(epochs, "epochs", minimum=1)
-    runs = _checks.integer(runs, "runs", minimum=1)
-    eta = _checks.real(eta, "eta", positive=True)
+    epochs = _checks.size(epochs, "epochs")
+    runs = _checks.size(runs, "runs")
+    eta = _eta(eta)
+    generator = _checks.generator(generator)
     n, d = X.shape
+    _checks.elements(runs * n * units * d * 3, "runs, units and X")
+    _checks.budget(12.0 * epochs * runs * n * units * d + 1e3 * epochs,
+                   "epochs (with runs, units and the size of X)")
     u = torch.rand(runs, units, d, generator=generator, dtype=X.dtype).to(X.device).requires_grad_()
     a = (3 * torch.rand(runs, units, d, generator=generator, dtype=X.dtype)).to(X.device).requires_grad_()
-    phi = (lambda z: smooth_step(z / eta)) if activation == "step" else torch.relu
+    phi = (lambda z: _sstep(z / eta)) if activation == "step" else torch.relu
     hist = X.new_empty(runs, epochs)
     for e in range(epochs):
         pred = (a[:, None] * phi(X[None, :, None, :] - u[:, None])).sum((2, 3))   # (S, n)
@@ -820,8 +943,15 @@ def train_fixed_sample(X: torch.Tensor, y: torch.Tensor, *, units: int, activati
             a -= lr_a * ga
             u -= lr_u * gu
         if not bool(torch.isfinite(obj).all()):
-            raise Diverged(f"train_fixed_sample diverged at epoch {e}")
+            if e == 0:
+                raise ValueError("the initial objective is not finite: X or y out of range")
+            raise Diverged(f"train_fixed_sample diverged at epoch {e}; lower lr_a (= {lr_a:g}) "
+                           f"or lr_u (= {lr_u:g})")
     with torch.no_grad():
         pred = (a[:, None] * phi(X[None, :, None, :] - u[:, None])).sum((2, 3))
         rmse = (pred - y).norm(dim=1) / math.sqrt(n)
+    if not (bool(torch.isfinite(rmse).all()) and bool(torch.isfinite(a).all())
+            and bool(torch.isfinite(u).all())):       # the last update is checked too
+        raise Diverged(f"train_fixed_sample diverged at its last update (epoch {epochs - 1}); "
+                       f"lower lr_a (= {lr_a:g}) or lr_u (= {lr_u:g})")
     return FixedSampleResult(a.detach(), u.detach(), rmse, hist)

@@ -44,9 +44,13 @@ class Fit:
 
 
 def _xy(x, y, nx, ny):
-    _checks.tensor(x, nx, ndim=1)
+    _checks.tensor(x, nx, ndim=1, nonempty=True)
     _checks.tensor(y, ny, ndim=1)
+    _checks.matching(y, x, ny, nx)
     _checks.same_rows(x, y, nx, ny)
+    for name, t in ((nx, x), (ny, y)):
+        if float(t.abs().max()) > 1e100:
+            raise ValueError(f"{name} is too large: the least-squares fit would overflow")
     return x.to(DTYPE), y.to(DTYPE)
 
 
@@ -74,10 +78,11 @@ def random_features_fit(x_train, y_train, x_test, y_test, *, width: int, activat
     """
     x_train, y_train = _xy(x_train, y_train, "x_train", "y_train")
     x_test, y_test = _xy(x_test, y_test, "x_test", "y_test")
-    width = _checks.integer(width, "width", minimum=1)
-    weight_std = _checks.real(weight_std, "weight_std", positive=True)
+    width = _checks.size(width, "width")
+    weight_std = _checks.real(weight_std, "weight_std", positive=True, maximum=1e6)
     sigma, _ = _activation(activation)
-    g = _generator(seed)
+    _checks.elements((x_train.shape[0] + x_test.shape[0]) * (width + 1), "width and x_train, x_test")
+    g = _generator(_checks.seed(seed))
     w = torch.randn(width, generator=g, dtype=DTYPE) * weight_std
     lo, hi = float(x_train.min()), float(x_train.max())
     c = lo + (hi - lo) * torch.rand(width, generator=g, dtype=DTYPE)
@@ -91,7 +96,10 @@ def random_features_fit(x_train, y_train, x_test, y_test, *, width: int, activat
     pred_train = phi @ sol
     pred = features(x_test) @ sol
     rmse = lambda a, b: float(torch.sqrt(torch.mean((a - b) ** 2)))  # noqa: E731
-    return Fit(rmse(pred_train, y_train), rmse(pred, y_test), pred)
+    names = "x_train, y_train, x_test, weight_std or activation (their scale)"
+    return Fit(_checks.finite_result(rmse(pred_train, y_train), "the training error", names),
+               _checks.finite_result(rmse(pred, y_test), "the test error", names),
+               _checks.finite_result(pred, "the prediction", names))
 
 
 def best_polynomial_error(x, y, degree: int) -> float:
@@ -102,8 +110,12 @@ def best_polynomial_error(x, y, degree: int) -> float:
     error can never be below ``best_polynomial_error(x, y, k)``.
     """
     x, y = _xy(x, y, "x", "y")
-    degree = _checks.integer(degree, "degree", minimum=0)
+    degree = _checks.integer(degree, "degree", minimum=0, maximum=min(x.shape[0] - 1, 1000))
+    if float(x.max()) == float(x.min()) and degree > 0:
+        raise ValueError("x must not be constant for a polynomial fit of degree >= 1")
     lo, hi = float(x.min()), float(x.max())
     xs, ys = x.cpu().numpy(), y.cpu().numpy()
-    p = np.polynomial.Legendre.fit(xs, ys, degree, domain=[lo, hi])
-    return math.sqrt(float(np.mean((p(xs) - ys) ** 2)))
+    domain = [lo, hi] if hi > lo else [lo - 1, hi + 1]
+    p = np.polynomial.Legendre.fit(xs, ys, degree, domain=domain)
+    return _checks.finite_result(math.sqrt(float(np.mean((p(xs) - ys) ** 2))), "the error",
+                                 "x or y (their scale)")

@@ -110,7 +110,7 @@ def test_slope_over_repeats():
 
 
 @pytest.mark.parametrize("x, y, word", [
-    ([2, 2, 2, 2], [1, 2, 3, 4], "distinct"),
+    ([2, 2, 2, 2], [1, 2, 3, 4], "constant"),
     ([1, 2], [1, -1], "y"),
     ([1], [1], "x"),
     ([1, 2, 3], [1, 2], "y"),

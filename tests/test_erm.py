@@ -113,7 +113,14 @@ def test_bad_arguments(reg, cls):
     with pytest.raises(TypeError, match="n_steps must be an int"):
         erm.sgd(reg.x, reg.y, step=0.1, n_steps=3.0)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
-        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1)
+        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1, generator=0)
+    # generator=None: a fixed default seed, never the global random state
+    r1 = erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1)
+    torch.manual_seed(123)
+    r2 = erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1)
+    assert torch.equal(r1.iterates, r2.iterates)
+    with pytest.raises(TypeError, match="w0 and x must have the same dtype"):
+        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, w0=torch.zeros(reg.d, dtype=torch.float32))
     with pytest.raises(ValueError, match="classification labels"):
         erm.sgd(reg.x, reg.y, loss="logistic", step=0.1, n_steps=3)
     with pytest.raises(ValueError, match="loss must be one of"):

@@ -210,7 +210,7 @@ def test_bad_inputs():
         mfm.population_risk(th, te[:, :3])
     with pytest.raises(TypeError, match="x"):
         mfm.forward(th, x.numpy())
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(TypeError, match="theta and x must have the same dtype"):
         mfm.forward(th, x.float())
     with pytest.raises(ValueError, match="record"):
         mfm.train(th, steps=5, lr=0.1, x=x, y=y, record=[0, 9])
