@@ -269,3 +269,19 @@ def test_digits_cnn_and_accuracy():
         lazy.accuracy(out, d.labels_test[:3])
     with pytest.raises(TypeError, match="channels"):
         lazy.small_cnn(2.5)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_train_takes_the_steps_of_torch_optim_sgd(data, momentum):
+    """train writes SGD's update out: the same parameters, bit for bit."""
+    p0 = lazy.two_layer_init(8, 2, tau=0.5, seed=3)
+    fn = partial(lazy.two_layer, scale=1 / 8)
+    run = lazy.train(fn, p0, data.x_train, data.y_train, lr=0.7, steps=25, momentum=momentum,
+                     alpha=2.0)
+    params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    opt = torch.optim.SGD(list(params.values()), lr=0.7, momentum=momentum)
+    for _ in range(25):
+        opt.zero_grad()
+        (0.5 * ((2.0 * fn(params, data.x_train) - data.y_train) ** 2).mean() / 4.0).backward()
+        opt.step()
+    assert all(torch.equal(run.params[k], params[k].detach()) for k in params)
