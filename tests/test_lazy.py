@@ -285,3 +285,18 @@ def test_train_takes_the_steps_of_torch_optim_sgd(data, momentum):
         (0.5 * ((2.0 * fn(params, data.x_train) - data.y_train) ** 2).mean() / 4.0).backward()
         opt.step()
     assert all(torch.equal(run.params[k], params[k].detach()) for k in params)
+
+
+def test_centred_caches_the_base_output_exactly():
+    p0 = lazy.two_layer_init(6, 2, seed=1, symmetric=False)
+    h = partial(lazy.two_layer, scale=0.3)
+    fc = lazy.centred(h, p0)
+    x = torch.randn(5, 2, generator=mflib.generator(2), dtype=torch.float64)
+    p = {k: v + 0.1 for k, v in p0.items()}
+    first = fc(p, x)
+    assert torch.equal(first, h(p, x) - h(p0, x))
+    assert torch.equal(fc(p, x), first)                    # cached base, same numbers
+    x.mul_(2.0)                                            # in place: the cache must not be used
+    assert torch.equal(fc(p, x), h(p, x) - h(p0, x))
+    y = torch.randn(3, 2, generator=mflib.generator(3), dtype=torch.float64)
+    assert torch.equal(fc(p, y), h(p, y) - h(p0, y))
