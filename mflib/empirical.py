@@ -117,7 +117,10 @@ def _is_plain_mlp(model) -> bool:
     hooks = (model._forward_hooks, model._forward_pre_hooks, model._backward_hooks,
              torch.nn.modules.module._global_forward_hooks,
              torch.nn.modules.module._global_forward_pre_hooks)
-    return not any(hooks)
+    if any(hooks):
+        return False
+    # a parametrised weight is a function of the parameters the generic path differentiates
+    return not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
 
 
 def _mlp_signals(model, x):

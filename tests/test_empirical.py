@@ -123,6 +123,14 @@ def test_auto_dispatch_falls_back_for_modified_mlps():
     handle.remove()
     assert E._is_plain_mlp(plain)
 
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.nn.utils.parametrize.register_parametrization(plain.weights, "0", Double())
+    assert not E._is_plain_mlp(plain)
+    assert torch.allclose(E.empirical_ntk(plain, x), _loop_ntk(plain, x, x), rtol=1e-12)
+
 
 def test_auto_switches_to_ntk_vector_products_for_large_jacobians(monkeypatch):
     torch.manual_seed(0)
