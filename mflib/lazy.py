@@ -384,11 +384,19 @@ def centred(fn, params0: dict):
     Chizat, Oyallon & Bach (2019) for their convolutional networks)."""
     fn = _fn(fn)
     p0 = _detach(_params(params0, "params0", fn))
+    # h(w0, x) for the last x seen: a training loop calls fc on the same inputs at every
+    # step, and recomputing the same forward pass each time doubles its cost.  The cache
+    # is keyed on the tensor itself and its version counter (any in-place change of x
+    # invalidates it), so the result is the same as recomputing.
+    cache = {}
 
     def fc(p, x):
-        with torch.no_grad():
-            base = fn(p0, x)
-        return fn(p, x) - base
+        key = cache.get("x")
+        if key is not x or cache.get("version") != getattr(x, "_version", None):
+            with torch.no_grad():
+                base = fn(p0, x)
+            cache.update(x=x, version=getattr(x, "_version", None), base=base)
+        return fn(p, x) - cache["base"]
 
     if getattr(fn, "param_names", None) is not None:
         fc.param_names = fn.param_names
@@ -442,8 +450,8 @@ def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float =
 
     ``fn`` is the model :math:`h` in functional form: pass :func:`centred` or a
     symmetrised initialisation for :math:`h(w_0) = 0`, and
-    ``as_function(mflib.gp.Linearized(module))`` for the tangent model.  Steps are made by :class:`torch.optim.SGD`
-    (full batch unless ``batch_size`` is given).
+    ``as_function(mflib.gp.Linearized(module))`` for the tangent model.  Steps are those of
+    :class:`torch.optim.SGD`, written out (full batch unless ``batch_size`` is given).
 
     Parameters
     ----------
@@ -513,9 +521,11 @@ def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float =
                          f"for outputs of shape (n, {', '.join(map(str, out0.shape[1:]))})")
 
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params0.items()}
-    opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum)
+    leaves = list(params.values())
+    buffers = [None] * len(leaves)                          # momentum buffers
     res = TrainResult(params=_detach(params))
     last_good = _detach(params)
+    good = list(last_good.values())
 
     def record(k, train_loss):
         """Append one record; False (nothing appended) if a value is not finite."""
@@ -558,14 +568,31 @@ def train(fn, params0: dict, x: torch.Tensor, y: torch.Tensor, *, alpha: float =
             if not record(k, value):
                 res.diverged = True
                 break
-        last_good = _detach(params)
+        with torch.no_grad():
+            torch._foreach_copy_(good, leaves)
         if k == steps:
             break
-        opt.zero_grad(set_to_none=True)
-        (full / alpha ** 2).backward()
-        opt.step()
+        grads = torch.autograd.grad(full / alpha ** 2, leaves, allow_unused=True)
+        _sgd_step(leaves, grads, buffers, lr, momentum)
     res.params = last_good
     return res
+
+
+@torch.no_grad()
+def _sgd_step(leaves, grads, buffers, lr, momentum):
+    """The update of ``torch.optim.SGD(lr=lr, momentum=momentum)`` (no dampening,
+    weight decay or Nesterov), operation for operation, without the optimiser's
+    per-step bookkeeping: a parameter without a gradient is left alone."""
+    for i, (p, g) in enumerate(zip(leaves, grads)):
+        if g is None:
+            continue
+        if momentum != 0:
+            if buffers[i] is None:
+                buffers[i] = torch.clone(g).detach()
+            else:
+                buffers[i].mul_(momentum).add_(g)
+            g = buffers[i]
+        p.add_(g, alpha=-lr)
 
 
 def displacement(params: dict, params0: dict, *, relative: bool = False) -> float:

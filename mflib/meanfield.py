@@ -270,9 +270,13 @@ def _kernel_blocks(w1, w2):
     n2 = (w2 * w2).sum(1)
     s12 = w1 @ w2.T
     theta, norm = arccos._angle(s12, n1[:, None], n2[None, :])
-    k = norm * arccos._kappa1(theta)
-    k0 = arccos._kappa0(theta)
-    sin = torch.sin(theta) / (2 * math.pi)
+    # arccos.kappa1 and kappa0 written out so that sin(theta) and pi - theta are
+    # computed once (the same operations, the same numbers)
+    sin_t = torch.sin(theta)
+    pi_t = math.pi - theta
+    k = norm * ((sin_t + pi_t * torch.cos(theta)) / (2 * math.pi))
+    k0 = pi_t / (2 * math.pi)
+    sin = sin_t / (2 * math.pi)
     return k, k0, sin, n2.sqrt()
 
 
@@ -347,7 +351,7 @@ def _teacher_energy(teacher):
     return tt @ (ktt @ tt)
 
 
-def _pop_grad_raw(theta, teacher, alpha, tkt=None):
+def _pop_grad_raw(theta, teacher, alpha, tkt=None, need_risk=True):
     a, w = theta[:, 0], theta[:, 1:]
     v = torch.cat([w, teacher[:, 1:]], dim=0)
     c = torch.cat([alpha * a, -teacher[:, 0] / teacher.shape[0]])
@@ -358,6 +362,8 @@ def _pop_grad_raw(theta, teacher, alpha, tkt=None):
     what = w / torch.where(wn > 0, wn, torch.ones_like(wn))
     gw = (k0 * c) @ v + what * (sin @ (c * vnorm))[:, None]
     gw = gw * (alpha * a)[:, None]
+    if not need_risk:                      # a training step that records nothing
+        return torch.cat([ga[:, None], gw], dim=1), None
     # risk = (alpha^2 aKa - 2 alpha aK*t + tK**t)/2 and a.(alpha kc) = alpha^2 aKa - alpha aK*t
     tt = teacher[:, 0] / teacher.shape[0]
     if tkt is None:
@@ -601,7 +607,7 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
 
     for k in range(steps + 1):
         if method == "population":
-            gr, risk = _pop_grad_raw(cur, teacher, alpha, tkt)
+            gr, risk = _pop_grad_raw(cur, teacher, alpha, tkt, need_risk=k in rec_set)
             ga, gw = gr[:, 0], gr[:, 1:]
         elif xt is not None and method == "gd":
             ga, gw, r = _grad_raw(cur, xt, y, activation, alpha)

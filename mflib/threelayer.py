@@ -449,7 +449,9 @@ def loss(params: Params, x: torch.Tensor, y: torch.Tensor, *, phi=("tanh", "tanh
     return 0.5 * ((yhat - y) ** 2).mean(dim=1)
 
 
-def _grads(p: Params, x, y, acts, fw: Forward | None = None):
+def _grads(p: Params, x, y, acts, fw: Forward | None = None, out: torch.Tensor | None = None):
+    # ``out``: an optional (B, n1, n2) buffer for Grad_2, reused across steps by the
+    # training loops (a fresh tensor of that size costs page faults on every step)
     (_, d1), (_, d2), (_, d3) = acts
     n1, n2 = p.widths
     M = x.shape[0]
@@ -457,7 +459,7 @@ def _grads(p: Params, x, y, acts, fw: Forward | None = None):
     r = (fw.yhat - y) * d3(fw.H3, fw.yhat) / M                     # dL * phi3'(H3) / M, (B, M)
     g3 = torch.bmm(r[:, None, :], fw.f2)[:, 0]                     # (B, n2)
     D2H = d2(fw.H2, fw.f2).mul_(r[:, :, None]).mul_(p.w3[:, None, :])  # (B, M, n2), with 1/M
-    g2 = torch.bmm(fw.f1.transpose(1, 2), D2H)                     # (B, n1, n2)
+    g2 = torch.bmm(fw.f1.transpose(1, 2), D2H, out=out)            # (B, n1, n2)
     back = torch.bmm(D2H, p.w2.transpose(1, 2)).mul_(d1(fw.pre1, fw.f1)).div_(n2)  # (B, M, n1)
     g1 = torch.matmul(back.transpose(1, 2), x)                     # (B, n1, d)
     return g1, g2, g3, fw
@@ -531,13 +533,18 @@ def _check_schedule(xi):
 
 
 def _update(p: Params, g, lr, xi):
-    p.w1.sub_(lr * xi[0] * g[0])
-    p.w2.sub_(lr * xi[1] * g[1])
-    p.w3.sub_(lr * xi[2] * g[2])
+    # w -= (lr * xi) * g, scaling the fresh gradients in place (the same operations as
+    # forming the product out of place, without a temporary of the size of w2)
+    for w, gi, c in ((p.w1, g[0], lr * xi[0]), (p.w2, g[1], lr * xi[1]), (p.w3, g[2], lr * xi[2])):
+        if c != 1.0:
+            gi.mul_(c)
+        w.sub_(gi)
 
 
 def _finite(p: Params) -> bool:
-    return bool(torch.isfinite(p.w1).all() and torch.isfinite(p.w2).all() and torch.isfinite(p.w3).all())
+    # a sum is finite only if every term is (inf + -inf is NaN): one pass, no boolean
+    # temporary; it can only err by flagging weights so large that their sum overflows
+    return bool(torch.isfinite(p.w1.sum() + p.w2.sum() + p.w3.sum()))
 
 
 def _batches(m, steps, batch_size, generator):
@@ -611,6 +618,7 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
     snaps = {}
     times, losses = [], []
     last_good = p.clone()
+    g2_buf = torch.empty_like(p.w2)
 
     def record(k, fw=None):
         yh = fw.yhat if fw is not None else _forward(p, x, acts).yhat
@@ -642,9 +650,9 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
             if k == steps:
                 break
             if idx is None:
-                gr = _grads(p, x, y, acts, fw)
+                gr = _grads(p, x, y, acts, fw, g2_buf)
             else:
-                gr = _grads(p, x[idx[k].to(x.device)], y[idx[k].to(x.device)], acts)
+                gr = _grads(p, x[idx[k].to(x.device)], y[idx[k].to(x.device)], acts, out=g2_buf)
             _update(p, gr, lr, xi)
     if diverged:
         if not times:
@@ -704,13 +712,27 @@ def distance(params: Params, reference: Params, c1: torch.Tensor, c2: torch.Tens
     return _distance(params, reference, c1, c2)
 
 
-def _distance(p, ref, c1, c2):
+def _distance(p, ref, c1, c2, work=None):
+    # ``work``: an optional dict of buffers reused across calls by coupled_training
     r1, r2, r3 = ref.w1[0], ref.w2[0], ref.w3[0]
     e1 = (p.w1 - r1[c1]).norm(dim=2)
-    e2 = (p.w2 - r2[c1[:, :, None], c2[:, None, :]]).abs()
     e3 = (p.w3 - r3[c2]).abs()
-    rms = torch.stack([e.pow(2).flatten(1).mean(1).sqrt() for e in (e1, e2, e3)]).amax(0)
+    # |w2 - r2[C1, C2]| in place, gathered row by row with index_select (the same values
+    # as advanced indexing, faster, into reusable buffers)
+    work = {} if work is None else work
+    b, n1, n2 = p.w2.shape
+    if "rows" not in work:
+        work["rows"] = torch.empty(n1, r2.shape[1], dtype=r2.dtype, device=r2.device)
+        work["e2"] = torch.empty(b, n1, n2, dtype=r2.dtype, device=r2.device)
+    e2 = work["e2"]
+    for i in range(b):
+        torch.index_select(r2, 0, c1[i], out=work["rows"])
+        torch.index_select(work["rows"], 1, c2[i], out=e2[i])
+    e2.sub_(p.w2).abs_()                      # |r - w| = |w - r| exactly
     sup = torch.stack([e.flatten(1).amax(1) for e in (e1, e2, e3)]).amax(0)
+    e2.mul_(e2)                               # e ** 2 (pow(2) is a multiplication)
+    rms = torch.stack([e1.pow(2).flatten(1).mean(1).sqrt(), e2.flatten(1).mean(1).sqrt(),
+                       e3.pow(2).flatten(1).mean(1).sqrt()]).amax(0)
     return rms, sup
 
 
@@ -806,6 +828,9 @@ def coupled_training(embedding: Embedding, x: torch.Tensor, y: torch.Tensor, *, 
             raise Diverged(f"{what} diverged (non-finite values) at t = {k * lr:g}; lower lr (= {lr:g})")
 
     cpu = dict(device="cpu", dtype=torch.float64)
+    work = {n: {} for n in widths}
+    g2_buf = {n: torch.empty_like(s.params.w2) for n, s in nets.items()}
+    g2_buf["ref"] = torch.empty_like(ref.w2)
     with torch.no_grad():
         for k in range(steps + 1):
             fw = _forward(ref, x, acts)
@@ -819,15 +844,15 @@ def coupled_training(embedding: Embedding, x: torch.Tensor, y: torch.Tensor, *, 
                 fwn = _forward(s.params, x, acts)
                 check(s.params, fwn, f"a width-{n} network")
                 if do_rec:
-                    rms, sup = _distance(s.params, ref, s.c1, s.c2)
+                    rms, sup = _distance(s.params, ref, s.c1, s.c2, work[n])
                     per[n]["loss"].append((0.5 * ((fwn.yhat - y) ** 2).mean(1)).to(**cpu))
                     per[n]["rms"].append(rms.to(**cpu))
                     per[n]["sup"].append(sup.to(**cpu))
                     per[n]["out"].append(_forward(s.params, x_eval, acts).yhat.to(**cpu))
                 if k < steps:
-                    _update(s.params, _grads(s.params, x, y, acts, fwn), lr, xi)
+                    _update(s.params, _grads(s.params, x, y, acts, fwn, g2_buf[n]), lr, xi)
             if k < steps:
-                _update(ref, _grads(ref, x, y, acts, fw), lr, xi)
+                _update(ref, _grads(ref, x, y, acts, fw, g2_buf["ref"]), lr, xi)
     res = CoupledRun(torch.tensor(rec["t"], dtype=torch.float64), torch.stack(rec["rl"]),
                      torch.stack(rec["ro"]), ref_params=ref)
     for n in widths:

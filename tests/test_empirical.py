@@ -46,7 +46,114 @@ def test_empirical_ntk_equals_per_sample_autograd(param):
     k = E.empirical_ntk(net, x1)
     assert torch.equal(k, k.T)
     assert torch.allclose(k, _loop_ntk(net, x1, x1), rtol=1e-12)
-    assert torch.allclose(E.empirical_ntk(net, x1, chunk_size=2), k, rtol=1e-13)
+    assert torch.allclose(E.empirical_ntk(net, x1, chunk_size=2, method="jacobian"), k, rtol=1e-13)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+_CASES = [(param, bias, act, widths)
+          for param in ("ntk", "standard")
+          for bias in (0.0, 0.4)
+          for act in ("relu", "erf", "tanh", "identity", torch.sin)
+          for widths in ([], [7], [8, 5], [6, 5, 4])]
+
+
+@pytest.mark.parametrize("param,bias,act,widths", _CASES)
+def test_closed_form_ntk_agrees_with_generic_path(param, bias, act, widths):
+    g = _gen(100 * (param == "ntk") + 10 * len(widths) + (bias > 0))
+    net = MLP(3, widths, activation=act, bias_std=bias, weight_std=1.3, parametrization=param,
+              alpha=1.7, generator=g)
+    assert E._is_plain_mlp(net)
+    x1, x2 = _x(7, 3, 20), _x(5, 3, 21)
+    for b in (x2, None):
+        closed = E.empirical_ntk(net, x1, b)                 # dispatched to the closed form
+        assert torch.equal(closed, E.empirical_ntk(net, x1, b, method="closed_form"))
+        generic = E.empirical_ntk(net, x1, b, method="jacobian")
+        vp = E.empirical_ntk(net, x1, b, method="ntk_vp", chunk_size=3)
+        assert closed.shape == generic.shape == (7, 7 if b is None else 5)
+        assert closed.dtype == F64
+        assert _rel(closed, generic) < 1e-12
+        assert _rel(vp, generic) < 1e-12
+    k = E.empirical_ntk(net, x1)
+    assert torch.equal(k, k.T)
+    # x2 equal to x1 but passed explicitly: the same kernel up to rounding
+    assert _rel(E.empirical_ntk(net, x1, x1.clone()), k) < 1e-12
+
+
+def test_closed_form_ntk_mean_field_and_frozen_parameters():
+    net = MLP(3, [9], activation="tanh", bias_std=0.5, parametrization="mean_field", generator=_gen(30))
+    x1, x2 = _x(6, 3, 31), _x(4, 3, 32)
+    assert _rel(E.empirical_ntk(net, x1, x2), E.empirical_ntk(net, x1, x2, method="jacobian")) < 1e-12
+    # only the parameters with requires_grad count, as in the generic path
+    net.weights[0].requires_grad_(False)
+    net.biases[1].requires_grad_(False)
+    assert _rel(E.empirical_ntk(net, x1, x2), E.empirical_ntk(net, x1, x2, method="jacobian")) < 1e-12
+    for p in net.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable"):
+        E.empirical_ntk(net, x1)
+
+
+def test_closed_form_ntk_larger_network_float32():
+    net = MLP(10, [64, 64], bias_std=0.1, generator=_gen(40), dtype=torch.float32)
+    x = torch.randn(40, 10, generator=_gen(41))
+    closed = E.empirical_ntk(net, x)
+    assert closed.dtype == torch.float32
+    assert _rel(closed, E.empirical_ntk(net, x, method="jacobian")) < 1e-5
+    net64 = MLP(10, [64, 64], bias_std=0.1, generator=_gen(40))
+    assert _rel(E.empirical_ntk(net64, x.double()), E.empirical_ntk(net64, x.double(), method="jacobian")) < 1e-12
+
+
+def test_auto_dispatch_falls_back_for_modified_mlps():
+    class Doubled(MLP):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    net = Doubled(3, [6], generator=_gen(50))
+    assert not E._is_plain_mlp(net)
+    x = _x(5)
+    k = E.empirical_ntk(net, x)
+    assert torch.allclose(k, _loop_ntk(net, x, x), rtol=1e-12)
+    plain = MLP(3, [6], generator=_gen(50))
+    handle = plain.register_forward_hook(lambda mod, inp, out: 3 * out)
+    assert not E._is_plain_mlp(plain)
+    assert torch.allclose(E.empirical_ntk(plain, x), _loop_ntk(plain, x, x), rtol=1e-12)
+    handle.remove()
+    assert E._is_plain_mlp(plain)
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.nn.utils.parametrize.register_parametrization(plain.weights, "0", Double())
+    assert not E._is_plain_mlp(plain)
+    assert torch.allclose(E.empirical_ntk(plain, x), _loop_ntk(plain, x, x), rtol=1e-12)
+
+
+def test_auto_switches_to_ntk_vector_products_for_large_jacobians(monkeypatch):
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(3, 10), torch.nn.Tanh(), torch.nn.Linear(10, 1)).double()
+    x = _x(6)
+    calls = []
+    real = E._ntk_vp
+    monkeypatch.setattr(E, "_ntk_vp", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(E, "_JACOBIAN_LIMIT", 100)        # P = 51: 6 rows are too many
+    k = E.empirical_ntk(seq, x)
+    assert calls == [1]                                    # chunk of 100 // 51 rows
+    assert torch.allclose(k, _loop_ntk(seq, x, x), rtol=1e-12)
+
+
+@pytest.mark.gpu
+def test_closed_form_ntk_on_cuda():
+    net = MLP(5, [32, 32], bias_std=0.2, generator=_gen(60), device="cuda")
+    x = _x(20, 5, 61).cuda()
+    closed = E.empirical_ntk(net, x)
+    assert closed.is_cuda
+    assert _rel(closed, E.empirical_ntk(net, x, method="jacobian")) < 1e-12
+    cpu = MLP(5, [32, 32], bias_std=0.2, generator=_gen(60))
+    assert _rel(closed.cpu(), E.empirical_ntk(cpu, x.cpu())) < 1e-12
 
 
 def test_empirical_ntk_of_any_module():
@@ -141,6 +248,14 @@ def test_bad_arguments():
         E.empirical_ntk(wide, x)
     with pytest.raises(ValueError, match="chunk_size"):
         E.empirical_ntk(net, x, chunk_size=0)
+    with pytest.raises(ValueError, match="method"):
+        E.empirical_ntk(net, x, method="fast")
+    with pytest.raises(TypeError, match="method"):
+        E.empirical_ntk(net, x, method=1)
+    with pytest.raises(TypeError, match="MLP"):
+        E.empirical_ntk(wide, x, method="closed_form")
+    with pytest.raises(ValueError, match="scalar"):
+        E.empirical_ntk(wide, x, method="ntk_vp")
     with pytest.raises(TypeError, match="factory"):
         E.empirical_nngp(3, x)
     with pytest.raises(ValueError, match="n_models"):

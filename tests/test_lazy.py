@@ -269,3 +269,34 @@ def test_digits_cnn_and_accuracy():
         lazy.accuracy(out, d.labels_test[:3])
     with pytest.raises(TypeError, match="channels"):
         lazy.small_cnn(2.5)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_train_takes_the_steps_of_torch_optim_sgd(data, momentum):
+    """train writes SGD's update out: the same parameters, bit for bit."""
+    p0 = lazy.two_layer_init(8, 2, tau=0.5, seed=3)
+    fn = partial(lazy.two_layer, scale=1 / 8)
+    run = lazy.train(fn, p0, data.x_train, data.y_train, lr=0.7, steps=25, momentum=momentum,
+                     alpha=2.0)
+    params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    opt = torch.optim.SGD(list(params.values()), lr=0.7, momentum=momentum)
+    for _ in range(25):
+        opt.zero_grad()
+        (0.5 * ((2.0 * fn(params, data.x_train) - data.y_train) ** 2).mean() / 4.0).backward()
+        opt.step()
+    assert all(torch.equal(run.params[k], params[k].detach()) for k in params)
+
+
+def test_centred_caches_the_base_output_exactly():
+    p0 = lazy.two_layer_init(6, 2, seed=1, symmetric=False)
+    h = partial(lazy.two_layer, scale=0.3)
+    fc = lazy.centred(h, p0)
+    x = torch.randn(5, 2, generator=mflib.generator(2), dtype=torch.float64)
+    p = {k: v + 0.1 for k, v in p0.items()}
+    first = fc(p, x)
+    assert torch.equal(first, h(p, x) - h(p0, x))
+    assert torch.equal(fc(p, x), first)                    # cached base, same numbers
+    x.mul_(2.0)                                            # in place: the cache must not be used
+    assert torch.equal(fc(p, x), h(p, x) - h(p0, x))
+    y = torch.randn(3, 2, generator=mflib.generator(3), dtype=torch.float64)
+    assert torch.equal(fc(p, y), h(p, y) - h(p0, y))

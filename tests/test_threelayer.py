@@ -220,3 +220,27 @@ def test_cuda_matches_cpu():
     pc = tl.Params(s.params.w1.to(dev), s.params.w2.to(dev), s.params.w3.to(dev))
     gpu = tl.train(pc, x.to(dev), y.to(dev), lr=0.5, steps=5).params
     assert torch.allclose(gpu.w2.cpu(), cpu.w2, atol=1e-10)
+
+
+def test_distance_buffers_and_finite_check():
+    """The in-place distance of coupled_training equals the formula, buffers reused or not."""
+    emb = tl.iid_embedding(4, (9, 11), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s = emb.sample(5, 6, batch=3, generator=torch.Generator().manual_seed(4))
+    p = s.params.clone()
+    p.w2.add_(0.01 * torch.randn(p.w2.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    ref = emb.ensemble()
+    e1 = (p.w1 - ref.w1[0][s.c1]).norm(dim=2)
+    e2 = (p.w2 - ref.w2[0][s.c1[:, :, None], s.c2[:, None, :]]).abs()
+    e3 = (p.w3 - ref.w3[0][s.c2]).abs()
+    rms = torch.stack([e.pow(2).flatten(1).mean(1).sqrt() for e in (e1, e2, e3)]).amax(0)
+    sup = torch.stack([e.flatten(1).amax(1) for e in (e1, e2, e3)]).amax(0)
+    work = {}
+    for _ in range(2):
+        got = tl._distance(p, ref, s.c1, s.c2, work)
+        assert torch.equal(got[0], rms) and torch.equal(got[1], sup)
+    assert torch.equal(tl.distance(p, ref, s.c1, s.c2)[0], rms)
+    assert tl._finite(p)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        q = p.clone()
+        q.w2[1, 2, 3] = bad
+        assert not tl._finite(q)
