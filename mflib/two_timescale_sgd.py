@@ -19,9 +19,10 @@ or, to reproduce the released code, the derivative of the linear ramp,
 :math:`\mathbb 1_{|z|<1/2}` (``u_grad="ramp"``).
 
 Engine.  One run is a ``numba``-compiled scalar loop (float64, the same
-operations as the NumPy loop it is tested against): a step touches only the
-neurons whose window :math:`|x-u_j|<\eta/2` contains the sample (for the
-others :math:`\sigma\in\{0,1\}` and :math:`\sigma'=0`).  The random numbers
+operations as the NumPy loop it is tested against, written without branches
+so that the compiler vectorises them): only the neurons whose window
+:math:`|x-u_j|<\eta/2` contains the sample move (for the others
+:math:`\sigma\in\{0,1\}` and :math:`\sigma'=0`).  The random numbers
 come from a SplitMix64 stream owned by the run and determined by
 ``(seed, stream)`` alone, so a run gives the same bits whatever the number of
 threads and whichever other runs share the call.  Independent runs are spread
@@ -98,6 +99,8 @@ def _run(a, u, jumps, values, eta, h, heps, noise, n_steps, rec_steps, rec_a, re
     n_rec = rec_steps.shape[0]
     n_jumps = jumps.shape[0]
     s = np.uint64(state)
+    sig = np.empty(m)
+    dsig = np.empty(m)
     k = 0
     step = 0
     while True:
@@ -122,43 +125,40 @@ def _run(a, u, jumps, values, eta, h, heps, noise, n_steps, rec_steps, rec_a, re
             if x >= jumps[i]:
                 piece += 1
         y = values[piece] + noise * (2.0 * xi - 1.0)
-        f = a[0]
+        # forward pass, branch-free: sigma_j and sigma'_j of every neuron (0 or 1 and 0
+        # outside the window), the sum split in four chains (no long dependency)
         for j in range(m):
             z = (x - u[j]) * inv_eta
-            if z >= 0.5:
-                f += a[j + 1]
-            elif z > -0.5:
-                if z < 0.0:
-                    q = z + 0.5
-                    f += a[j + 1] * (4.0 * q * q * q)
-                else:
-                    q = 0.5 - z
-                    f += a[j + 1] * (1.0 - 4.0 * q * q * q)
-        r = f - y
+            zc = min(max(z, -0.5), 0.5)
+            q = 0.5 - abs(zc)
+            q3 = 4.0 * q * q * q
+            sig[j] = q3 if zc < 0.0 else 1.0 - q3
+            if ramp:
+                dsig[j] = 1.0 if q > 0.0 else 0.0
+            else:
+                dsig[j] = 12.0 * q * q
+        f0 = a[0]
+        f1 = 0.0
+        f2 = 0.0
+        f3 = 0.0
+        m4 = m - m % 4
+        for j in range(0, m4, 4):
+            f0 += a[j + 1] * sig[j]
+            f1 += a[j + 2] * sig[j + 1]
+            f2 += a[j + 3] * sig[j + 2]
+            f3 += a[j + 4] * sig[j + 3]
+        for j in range(m4, m):
+            f0 += a[j + 1] * sig[j]
+        r = ((f0 + f1) + (f2 + f3)) - y
         if not abs(r) < blowup:
             return k, step
-        g = 2.0 * h * r             # h * d(f-y)^2/da_j / sigma_j
+        g = 2.0 * h * r               # h * d(f-y)^2/da_j / sigma_j
         c = 2.0 * heps * r * inv_eta  # -h eps * d(f-y)^2/du_j / (a_j sigma'_j)
         a[0] -= g
         for j in range(m):
-            z = (x - u[j]) * inv_eta
-            if z >= 0.5:
-                a[j + 1] -= g
-            elif z > -0.5:
-                aj = a[j + 1]
-                if z < 0.0:
-                    q = z + 0.5
-                    sj = 4.0 * q * q * q
-                else:
-                    q = 0.5 - z
-                    sj = 1.0 - 4.0 * q * q * q
-                if ramp:
-                    dsj = 1.0
-                else:
-                    p = 0.5 - abs(z)
-                    dsj = 12.0 * p * p
-                a[j + 1] = aj - g * sj
-                u[j] += c * aj * dsj
+            aj = a[j + 1]
+            a[j + 1] = aj - g * sig[j]
+            u[j] += c * aj * dsig[j]
         step += 1
 
 
