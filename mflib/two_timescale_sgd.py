@@ -287,9 +287,9 @@ def sgd(a0, u0, target, eta: float, eps, h: float, n_steps, *, seed: int, stream
         every run.
     noise : float
         Half-width of the uniform label noise, >= 0.
-    u_grad : {"exact", "ramp"}
-        Derivative of :math:`\sigma` in the position gradient (``"ramp"`` is
-        that of the authors' released code).
+    u_grad : str
+        Derivative of :math:`\sigma` in the position gradient: ``"exact"``, or
+        ``"ramp"`` (that of the authors' released code).
     threads : int, optional
         Worker threads (default: the cores available, at most ``R``).  The
         results do not depend on it.
