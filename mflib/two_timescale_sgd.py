@@ -179,7 +179,8 @@ def sample_stream(seed: int, stream: int, n_steps: int):
     """The samples run ``stream`` of :func:`sgd` sees under ``seed``: arrays
     ``x`` (inputs) and ``w`` (uniforms in [0, 1) of the label noise,
     :math:`\\xi=\\text{noise}\\,(2w-1)`), each of length ``n_steps``."""
-    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
+    n_steps = _checks.size(n_steps, "n_steps")
+    _checks.elements(2 * n_steps, "n_steps")
     raw = _uniforms(np.uint64(stream_state(seed, stream)), 2 * n_steps)
     return raw[0::2].copy(), raw[1::2].copy()
 
@@ -240,7 +241,12 @@ def _as_2d(v, name):
 def _per_run(v, name, R, *, integer=False):
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu().numpy()
-    arr = np.atleast_1d(np.asarray(v))
+    try:
+        arr = np.atleast_1d(np.asarray(v))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a number or a sequence of numbers") from exc
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a number or a sequence of numbers, got {type(v).__name__}")
     if arr.ndim != 1 or arr.shape[0] not in (1, R):
         raise ValueError(f"{name} must be a scalar or have one entry per run ({R}), got shape {arr.shape}")
     out = []
@@ -321,6 +327,8 @@ def sgd(a0, u0, target, eta: float, eps, h: float, n_steps, *, seed: int, stream
     eps_r = _per_run(eps, "eps", R)
     h_r = _per_run(h, "h", R)
     steps_r = _per_run(n_steps, "n_steps", R, integer=True)
+    # refuse up front what could not finish (about ten operations per neuron and step)
+    _checks.budget(10.0 * (m + 1) * float(sum(steps_r)), "n_steps (with the number of runs and neurons)")
     if streams is None:
         streams = list(range(R))
     else:
@@ -342,6 +350,7 @@ def sgd(a0, u0, target, eta: float, eps, h: float, n_steps, *, seed: int, stream
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = _checks.integer(threads, "threads", minimum=1)
     T = rec[0].shape[0]
+    _checks.elements(R * T * (2 * m + 1), "n_records (with the number of runs and neurons)")
     jumps = target.jumps.detach().cpu().double().numpy().copy()
     values = target.values.detach().cpu().double().numpy().copy()
     rec_a = np.zeros((R, T, m + 1))

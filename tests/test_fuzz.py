@@ -52,7 +52,7 @@ from hypothesis import strategies as st  # noqa: E402
 import mflib  # noqa: E402
 from mflib import (arccos, backprop, claims, config, data, empirical, erm, gp, gplimit, kernels,  # noqa: E402
                    landscape, lazy, losses, meanfield, nets, plotting, propagation, stats,
-                   threelayer as tl, two_timescale as tt, universal)
+                   threelayer as tl, two_timescale as tt, two_timescale_sgd as tts, universal)
 from mflib._checks import Diverged  # noqa: E402
 
 D = torch.float64
@@ -429,6 +429,13 @@ VALID = {
     "threelayer.Embedding.sample": lambda: dict(self=_emb(), n1=3, n2=2, batch=2, generator=g()),
     "two_timescale.StepTarget.__call__": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D)),
     "two_timescale.StepTarget.primitive": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D), power=2),
+    # two_timescale_sgd
+    "two_timescale_sgd.sgd": lambda: dict(a0=_tt_state()[0], u0=_tt_state()[1], target=T, eta=0.05, eps=0.1,
+                                          h=0.01, n_steps=40, seed=0, n_records=3, noise=1.0, threads=1),
+    "two_timescale_sgd.sample_stream": lambda: dict(seed=0, stream=1, n_steps=10),
+    "two_timescale_sgd.stream_state": lambda: dict(seed=0, stream=1),
+    "two_timescale_sgd.SGDResult": lambda: dict(steps=None, tau=None, u=None, a=None, loss=None, diverged=None,
+                                                diverged_step=None, n_valid=None),
     # universal
     "universal.Fit": lambda: dict(train_rmse=1.0, test_rmse=1.0, prediction=Y),
     "universal.random_features_fit": lambda: dict(x_train=torch.linspace(-1, 1, 8, dtype=D),
@@ -450,7 +457,7 @@ CONTAINERS = {
     "lazy.Digits", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
     "threelayer.Sample", "threelayer.Forward", "threelayer.Run", "threelayer.CoupledRun",
     "threelayer.TwoLayerParams", "two_timescale.TrainResult", "two_timescale.FixedSampleResult",
-    "universal.Fit", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
+    "universal.Fit", "two_timescale_sgd.SGDResult", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
 }
 
 #: Calls whose results legitimately differ between two calls (timings).
@@ -466,7 +473,9 @@ ACCEPTED = {
     ("lazy.train", "record_every"): "none", ("erm.sgd", "batch_size"): "none",
     ("erm.sgd", "decay"): "none", ("threelayer.train", "batch_size"): "none",
     ("lazy.train", "batch_size"): "none",
-    ("claims.parameter", "value"): "any",        # a parameter may be any finite number or a string
+    ("claims.parameter", "value"): "any",
+    ("two_timescale_sgd.sgd", "a0"): "any",      # documented: array-like or tensor
+    ("two_timescale_sgd.sgd", "u0"): "any",        # a parameter may be any finite number or a string
 }
 
 
