@@ -288,8 +288,7 @@ def backward(params, cache: Cache, grad_output: torch.Tensor, *, activation="rel
     return_deltas = _checks.flag(return_deltas, "return_deltas")
     if check:
         _check_params(params)
-        if not isinstance(cache, Cache):
-            raise TypeError(f"cache must be a Cache, got {type(cache).__name__}")
+        _checks.instance(cache, Cache, "cache")
         if len(cache.ys) != len(params) or len(cache.xs) != len(params):
             raise ValueError(f"cache must come from a forward pass through {len(params)} layers, "
                              f"got {len(cache.ys)}")

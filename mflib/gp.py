@@ -343,8 +343,7 @@ class Linearized(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _checks.instance(model, torch.nn.Module, "model")
         named = [(k, v) for k, v in model.named_parameters() if v.requires_grad]
         if not named:
             raise ValueError("model must have at least one trainable parameter")

@@ -57,8 +57,7 @@ def _params(a, B, x, na="a", nb="B"):
 
 
 def _activation(activation):
-    if not callable(activation):
-        raise TypeError(f"activation must be callable, got {type(activation).__name__}")
+    _checks.function(activation, "activation")
     return activation
 
 

@@ -101,8 +101,7 @@ def _check_keys(params, expected, name):
 
 
 def _fn(fn):
-    if not callable(fn):
-        raise TypeError(f"fn must be callable fn(params, x), got {type(fn).__name__}")
+    _checks.function(fn, "fn")
     return fn
 
 
@@ -362,14 +361,12 @@ def as_function(module: torch.nn.Module):
     ``fn(params, x) = functional_call(module, params, (x,))`` (a trailing
     output dimension of size 1 is squeezed) and ``params`` a detached copy of
     the module's parameters."""
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    _checks.instance(module, torch.nn.Module, "module")
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
     names = frozenset(params)
 
     def fn(p, x):
-        if not isinstance(p, dict):
-            raise TypeError(f"params must be a dict of tensors, got {type(p).__name__}")
+        _checks.instance(p, dict, "params")
         _check_keys(p, names, "params")
         out = functional_call(module, p, (x,))
         return out.squeeze(-1) if out.ndim == 2 and out.shape[1] == 1 else out

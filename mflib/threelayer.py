@@ -134,8 +134,7 @@ class Params:
 
 
 def _check_params(p, name="params") -> Params:
-    if not isinstance(p, Params):
-        raise TypeError(f"{name} must be a threelayer.Params, got {type(p).__name__}")
+    _checks.instance(p, Params, name)
     _checks.tensor(p.w1, f"{name}.w1", ndim=3, nonempty=True)
     _checks.tensor(p.w2, f"{name}.w2", ndim=3)
     _checks.tensor(p.w3, f"{name}.w3", ndim=2)
@@ -766,8 +765,7 @@ def coupled_training(embedding: Embedding, x: torch.Tensor, y: torch.Tensor, *, 
     -----
     If any run produces non-finite values, ``mflib.Diverged`` is raised.
     """
-    if not isinstance(embedding, Embedding):
-        raise TypeError(f"embedding must be a threelayer.Embedding, got {type(embedding).__name__}")
+    _checks.instance(embedding, Embedding, "embedding")
     ref = embedding.ensemble()
     _check_x(x, ref, "x", "embedding")
     _check_y(y, x)
@@ -930,8 +928,7 @@ class TwoLayerParams:
 
 
 def _check_two(p):
-    if not isinstance(p, TwoLayerParams):
-        raise TypeError(f"params must be a threelayer.TwoLayerParams, got {type(p).__name__}")
+    _checks.instance(p, TwoLayerParams, "params")
     _checks.tensor(p.w, "params.w", ndim=3, nonempty=True)
     _checks.tensor(p.a, "params.a", ndim=2)
     _checks.matching(p.a, p.w, "params.a", "params.w")

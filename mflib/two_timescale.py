@@ -122,8 +122,7 @@ def paper_target(dtype: torch.dtype = torch.float64) -> StepTarget:
 
 
 def _target(target, like=None, like_name="u0") -> StepTarget:
-    if not isinstance(target, StepTarget):
-        raise TypeError(f"target must be a StepTarget, got {type(target).__name__}")
+    _checks.instance(target, StepTarget, "target")
     if like is not None and target.values.dtype != like.dtype:
         raise TypeError(f"target and {like_name} must have the same dtype, got "
                         f"{target.values.dtype} and {like.dtype}")
