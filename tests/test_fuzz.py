@@ -37,6 +37,7 @@ import os
 import pkgutil
 import re
 import signal
+import threading
 from collections import Counter
 
 import matplotlib
@@ -503,6 +504,13 @@ def _alarm(signum, frame):
 
 def _call(fn, kwargs):
     """Call with a time limit; returns ("ok", result) or ("error", exception) or ("hang", None)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        try:                          # no SIGALRM here: no time limit
+            return "ok", fn(**kwargs)
+        except Exception as err:  # noqa: BLE001
+            return "error", err
+        finally:
+            plt.close("all")
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
     try:
