@@ -515,8 +515,6 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             if not bool(ok.all()):
                 raise ValueError(f"{names} give a non-finite risk or gradient at the start (or "
                                  f"positions outside (-10, 10)): their values are out of range")
-            _checks.budget(float(max_steps) * B * (m + 1) ** 2 * (6 * m + 30) * 8,
-                           "max_steps (with the sizes of u0)")
         bad_a = ~ok
         if bool(bad_a.any()):                               # back to the last finite state
             diverged[act[bad_a]] = True
