@@ -265,7 +265,7 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
     lr = _checks.real(lr, "lr", positive=True)
     if isinstance(t, torch.Tensor):
         _checks.tensor(t, "t", ndim=(0, 1))
-        if t.numel() and float(t.abs().max()) > _checks.MAX_REAL:
+        if t.numel() and float(t.detach().abs().max()) > _checks.MAX_REAL:
             raise ValueError("t is too large: the computation would overflow")
         t = t.reshape(-1).to(K_train)
     else:

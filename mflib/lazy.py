@@ -592,8 +592,11 @@ def rms(v: torch.Tensor) -> float:
     v = _checks.tensor(v, "v")
     if v.ndim == 0 or v.shape[0] == 0:
         raise ValueError("v must have at least one row")
-    return _checks.finite_result(float(torch.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1).mean())),
-                                 "the norm", "v (its scale)")
+    v = v.reshape(v.shape[0], -1)
+    scale = v.detach().abs().max()            # scaled, so that squaring cannot overflow
+    if float(scale) == 0:
+        return 0.0
+    return float(scale * torch.sqrt(((v / scale) ** 2).sum(1).mean()))
 
 
 # ----------------------------------------------------------------------------- criterion
@@ -758,7 +761,7 @@ def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters:
     _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     gen = _gen(generator, seed)
-    res = rms(out - y)
+    res = rms(_checks.finite_result(out - y, "the residual h(params, x) - y", "params, x or y (their scale)"))
     jn = jacobian_norm(fn, params, x, iters=max(iters, 20), generator=gen)
     hn = hessian_norm(fn, params, x, iters=iters, rounds=rounds, restarts=restarts, generator=gen)
     if jn == 0:

@@ -445,7 +445,8 @@ def loss(params: Params, x: torch.Tensor, y: torch.Tensor, *, phi=("tanh", "tanh
     r"""Empirical risk :math:`\mathbb E_Z\,\tfrac12(\hat y(X) - Y)^2` of each network, shape ``(B,)``."""
     yhat = output(params, x, phi=phi)
     _check_y(y, x)
-    return 0.5 * ((yhat - y) ** 2).mean(dim=1)
+    return _checks.finite_result(0.5 * ((yhat - y) ** 2).mean(dim=1), "the risk",
+                                 "params, x or y (their scale)")
 
 
 def _grads(p: Params, x, y, acts, fw: Forward | None = None):

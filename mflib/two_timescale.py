@@ -78,7 +78,7 @@ class StepTarget:
         _checks.tensor(self.jumps, "jumps", ndim=1)
         _checks.tensor(self.values, "values", ndim=1, nonempty=True)
         _checks.matching(self.jumps, self.values, "jumps", "values")
-        if self.values.numel() and float(self.values.abs().max()) > 1e50:
+        if self.values.numel() and float(self.values.detach().abs().max()) > 1e50:
             raise ValueError("values are too large: the risk (their square, integrated) would overflow")
         if self.values.shape[0] != self.jumps.shape[0] + 1:
             raise ValueError(f"values must have len(jumps) + 1 = {self.jumps.shape[0] + 1} "
@@ -308,7 +308,7 @@ def optimal_outer(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tens
     eta = _eta(eta)
     _checks.tensor(u, "u", ndim=(1, 2), nonempty=True)
     target = _target(target, u, "u")
-    if float(u.abs().max()) > 1e6:
+    if float(u.detach().abs().max()) > 1e6:
         raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
     squeeze = u.ndim == 1
     u2 = u[None] if squeeze else u
@@ -433,7 +433,7 @@ def _batch_eps(eps, B, like):
         _checks.tensor(eps, "eps", ndim=(0, 1), floating=False)
         if eps.dtype == torch.bool:
             raise TypeError("eps must hold real numbers, got a bool tensor")
-        if eps.numel() and float(eps.abs().max()) > _checks.MAX_REAL:
+        if eps.numel() and float(eps.detach().abs().max()) > _checks.MAX_REAL:
             raise ValueError("eps is too large: the computation would overflow")
         eps = eps.to(like)
         eps = eps.expand(B).clone() if eps.ndim == 0 else eps

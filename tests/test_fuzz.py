@@ -615,6 +615,7 @@ def bad_values(entry, arg, value, default):
             # the other float dtype: mixed with the other tensors it must be refused, alone it may be fine
             add((value.to(torch.float32 if value.dtype == D else D), False))
             if value.numel():
+                add((value * 1e300, False))
                 add((_nan_like(value), True))
                 inf = value.clone()
                 inf.view(-1)[-1] = math.inf
