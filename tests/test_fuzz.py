@@ -1,8 +1,9 @@
 """Property-based fuzz test of the whole public API of :mod:`mflib`.
 
 Every public function and class of every ``mflib`` module, and every public
-method those classes define, is found by introspection; each must have an entry in :data:`VALID` (a valid call), so that
-a new public name without one fails :func:`test_every_public_name_has_a_valid_call`.
+method those classes define, is found by introspection; each must have an
+entry in :data:`VALID` (a valid call), so that a new public name without one
+fails :func:`test_every_public_name_has_a_valid_call` with its name.
 
 For each entry:
 
@@ -11,18 +12,26 @@ For each entry:
   bit-identical results (one randomness policy: ``generator=None`` is a fixed
   seed, never the global state);
 * every argument is replaced, one at a time, by bad values chosen from the
-  kind of its valid value (wrong type, wrong dtype, wrong rank, empty, NaN,
-  inf, zero, negative, huge); the call must raise ``ValueError`` or
-  ``TypeError`` whose message names the argument, or -- for values that may
-  be legitimate (a negative mean, a zero count) -- return finite results.
-  A leaked exception of another type, a non-finite result, a call that runs
-  past :data:`TIMEOUT` seconds and an invalid value accepted without a word
-  all fail the test;
+  kind of its valid value (wrong type, wrong dtype, the other float dtype,
+  wrong rank, empty, NaN, inf, entries scaled by 1e300, zero, negative and
+  huge sizes, huge or tiny reals, non-bool flags, unknown names, missing
+  devices); the call must raise ``ValueError`` or ``TypeError`` whose message
+  names the argument, or -- for values that may be legitimate (a negative
+  mean, a zero count, float32 alone) -- return finite results.  A leaked
+  exception of another type, a non-finite result, a call that runs past
+  :data:`TIMEOUT` seconds (a hang) and an invalid value accepted without a
+  word all fail the test.  Plain result containers (:data:`CONTAINERS`) are
+  only built;
 * a hypothesis test draws further bad values at random (bounded examples,
-  derandomised so CI is reproducible).
+  derandomised so that CI is reproducible);
+* every training engine, run with a step far too large, raises
+  ``mflib.Diverged`` or returns a result flagged as diverged whose record
+  series are finite and of one length.
 
-The counts (functions covered, calls, clear errors, ...) are printed by the
-last test and stored in pytest's cache under ``mflib/fuzz_summary``.
+The counts (functions covered, calls, clear errors, leaks, silent non-finite
+results, hangs, ...) are printed by the last test, stored in pytest's cache
+under ``mflib/fuzz_summary`` when the cache is on, and written as JSON to the
+file named by ``MFLIB_FUZZ_SUMMARY`` when it is set.
 """
 
 from __future__ import annotations
