@@ -478,8 +478,10 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
 
     A run whose state becomes non-finite (or whose positions leave
     :math:`(-10, 10)`) is flagged ``diverged`` and keeps its last finite state
-    and the records it computed; the horizon is refused up front when the
-    initial speed of the neurons says it needs more than ``max_steps`` steps.
+    and the records it computed.  A start that is not finite is refused
+    (``ValueError`` naming the inputs), and so is, as soon as the speed of the
+    neurons shows it, a horizon that would need far more than ``max_steps``
+    steps (``tau_max`` too long or ``max_disp`` too small).
     """
     B, m = u.shape
     grid = torch.linspace(0.0, tau_max, n_records, dtype=u.dtype)
