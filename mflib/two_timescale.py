@@ -622,6 +622,20 @@ def train_population(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta
         Largest displacement of a neuron per step, in units of :math:`\eta`.
     max_steps : int
         Give up (``ValueError``) beyond this many steps.
+
+    Returns
+    -------
+    TrainResult
+        A run whose state becomes non-finite is flagged in ``diverged`` and
+        keeps its last finite state; ``recorded`` counts the records it
+        computed (later ones repeat the last).
+
+    Raises
+    ------
+    ValueError
+        If an argument is invalid, the start is not finite, or the speed of
+        the neurons shows that ``tau_max`` cannot be reached in ``max_steps``
+        steps.
     """
     eta = _check_params(a0, u0, eta, "a0", "u0")
     target = _target(target, u0)
