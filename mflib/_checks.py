@@ -33,8 +33,9 @@ MAX_SIZE = 10 ** 8
 MAX_ELEMENTS = 2 ** 31
 
 #: Largest amount of work (elementary floating-point operations, estimated
-#: from the arguments) one call may ask for: about an hour on one CPU core.
-MAX_WORK = 1e13
+#: generously from the arguments) one call may ask for: hours of one CPU core,
+#: a hundred times what the largest call of the book needs.
+MAX_WORK = 1e14
 
 #: Largest magnitude accepted for a real argument: squares and products of a
 #: few such numbers stay finite in float64 (a larger value would overflow in

@@ -60,7 +60,7 @@ def _covariances(s12, s11, s22):
             raise ValueError(f"{name} holds variances: it must be >= 0")
     # products of two variances must not overflow
     for name, t in (("s12", s12), ("s11", s11), ("s22", s22)):
-        if t.numel() and float(t.abs().max()) > math.sqrt(torch.finfo(t.dtype).max) / 4:
+        if t.numel() and float(t.detach().abs().max()) > math.sqrt(torch.finfo(t.dtype).max) / 4:
             raise ValueError(f"{name} is too large: the product of two variances would overflow")
 
 

@@ -288,8 +288,7 @@ def backward(params, cache: Cache, grad_output: torch.Tensor, *, activation="rel
     return_deltas = _checks.flag(return_deltas, "return_deltas")
     if check:
         _check_params(params)
-        if not isinstance(cache, Cache):
-            raise TypeError(f"cache must be a Cache, got {type(cache).__name__}")
+        _checks.instance(cache, Cache, "cache")
         if len(cache.ys) != len(params) or len(cache.xs) != len(params):
             raise ValueError(f"cache must come from a forward pass through {len(params)} layers, "
                              f"got {len(cache.ys)}")
@@ -328,10 +327,24 @@ def mse_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"
     if y.shape != cache.output.shape:
         raise ValueError(f"y has shape {tuple(y.shape)}, the output has shape "
                          f"{tuple(cache.output.shape)}")
+    return _finite_grads(*_mse_raw(params, cache, x, y, activation))
+
+
+def _mse_raw(params, cache, x, y, activation):
     n = x.shape[0]
     r = cache.output - y
     loss = 0.5 * (r * r).sum() / n
     return loss, backward(params, cache, r / n, activation=activation, check=False)
+
+
+def _finite_grads(loss, grads):
+    names = "params, x or y (their scale)"
+    _checks.finite_result(loss, "the loss", names)
+    for dW, db in grads:
+        _checks.finite_result(dW, "a gradient", names)
+        if db is not None:
+            _checks.finite_result(db, "a gradient", names)
+    return loss, grads
 
 
 def autograd_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="relu"):
@@ -354,7 +367,7 @@ def autograd_gradients(params, x: torch.Tensor, y: torch.Tensor, *, activation="
         flat = [t for pair in leaves for t in pair if t is not None]
         g = iter(torch.autograd.grad(loss, flat))
     grads = [(next(g), None if b is None else next(g)) for _, b in leaves]
-    return loss.detach(), grads
+    return _finite_grads(loss.detach(), grads)
 
 
 def relative_error(grads_a, grads_b) -> float:
@@ -412,8 +425,14 @@ def gradient_descent(params, x: torch.Tensor, y: torch.Tensor, *, lr: float, ste
     params = [(W.clone(), None if b is None else b.clone()) for W, b in params]
     losses = []
     for k in range(steps + 1):
-        loss, grads = mse_gradients(params, x, y, activation=activation)
-        if not math.isfinite(float(loss)):
+        if k == 0:          # checks the arguments, and that the start is finite
+            loss, grads = mse_gradients(params, x, y, activation=activation)
+        else:
+            cache = forward(params, x, activation=activation, check=False)
+            loss, grads = _mse_raw(params, cache, x, y, activation)
+        finite = math.isfinite(float(loss)) and all(
+            bool(torch.isfinite(t).all()) for pair in grads for t in pair if t is not None)
+        if not finite:
             raise Diverged(f"gradient descent diverged at step {k} (lr={lr})")
         losses.append(float(loss))
         if k == steps:

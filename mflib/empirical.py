@@ -43,8 +43,7 @@ def _check_pair(x1, x2):
 
 
 def _check_module(model, name="model"):
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    _checks.instance(model, torch.nn.Module, name)
 
 
 def _trainable(model):
@@ -347,8 +346,7 @@ def empirical_nngp(factory, x1, x2=None, *, n_models=256, generator=None) -> tor
         Shape ``(n1, n2)``.  Its Monte-Carlo error is of order
         :math:`\sqrt{(\Sigma(x_1,x_1)\Sigma(x_2,x_2) + \Sigma(x_1,x_2)^2)/M}`.
     """
-    if not callable(factory):
-        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    _checks.function(factory, "factory")
     _check_pair(x1, x2)
     n_models = _checks.size(n_models, "n_models", maximum=10 ** 6)
     generator = _checks.generator(generator)
@@ -405,8 +403,7 @@ def feature_nngp(model, x1, x2=None) -> torch.Tensor:
     """
     from mflib.nets import MLP
 
-    if not isinstance(model, MLP):
-        raise TypeError(f"model must be a mflib.nets.MLP, got {type(model).__name__}")
+    _checks.instance(model, MLP, "model")
     _check_pair(x1, x2)
     with torch.no_grad():
         p1 = model.features(x1)

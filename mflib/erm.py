@@ -177,8 +177,8 @@ def smoothness(x: torch.Tensor, *, loss="square", lam: float = 0.0) -> tuple[flo
     x = _checks.tensor(x, "x", ndim=2, nonempty=True)
     loss = _losses.get(loss)
     lam = _checks.real(lam, "lam", nonnegative=True)
-    eig = _checks.finite_result(torch.linalg.eigvalsh(x.T @ x / x.shape[0]),
-                                "the eigenvalues of X^T X / n", "x (its scale)")
+    cov = _checks.finite_result(x.T @ x / x.shape[0], "X^T X / n", "x (its scale)")
+    eig = torch.linalg.eigvalsh(cov)
     mu = lam + (max(float(eig[0]), 0.0) if loss.name == "square" else 0.0)
     if not loss.smooth:
         return math.inf, mu

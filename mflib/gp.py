@@ -265,7 +265,7 @@ def gradient_flow(K_train, y_train, t, *, h0_train=None, K_test_train=None, h0_t
     lr = _checks.real(lr, "lr", positive=True)
     if isinstance(t, torch.Tensor):
         _checks.tensor(t, "t", ndim=(0, 1))
-        if t.numel() and float(t.abs().max()) > _checks.MAX_REAL:
+        if t.numel() and float(t.detach().abs().max()) > _checks.MAX_REAL:
             raise ValueError("t is too large: the computation would overflow")
         t = t.reshape(-1).to(K_train)
     else:
@@ -343,8 +343,7 @@ class Linearized(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _checks.instance(model, torch.nn.Module, "model")
         named = [(k, v) for k, v in model.named_parameters() if v.requires_grad]
         if not named:
             raise ValueError("model must have at least one trainable parameter")

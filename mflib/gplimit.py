@@ -69,8 +69,7 @@ def radial_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str
     if x1.shape[1] != x2.shape[1]:
         raise ValueError(f"x1 and x2 must have the same number of columns, got {x1.shape[1]} "
                          f"and {x2.shape[1]}")
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a str, got {type(kind).__name__}")
+    _checks.string(kind, "kind")
     _checks.choice(kind, "kind", RADIAL)
     lengthscale = _checks.real(lengthscale, "lengthscale", positive=True)
     variance = _checks.real(variance, "variance", positive=True)

@@ -57,8 +57,7 @@ def _params(a, B, x, na="a", nb="B"):
 
 
 def _activation(activation):
-    if not callable(activation):
-        raise TypeError(f"activation must be callable, got {type(activation).__name__}")
+    _checks.function(activation, "activation")
     return activation
 
 
@@ -70,10 +69,10 @@ def _data(a, B, x, y, activation, na="a", nb="B"):
     return a, B, x, y, _activation(activation)
 
 
-def _out(v, what, activation):
+def _out(v, what, activation, names="a, B, x, y or activation"):
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"activation must map tensors to tensors, got {type(v).__name__}")
-    return _checks.finite_result(v, what, "a, B, x, y or activation (their scale)")
+    return _checks.finite_result(v, what, names + " (their scale)")
 
 
 def two_layer(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor,
@@ -142,7 +141,8 @@ def slice_risk(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     pre = x @ B.T                                              # (n, m)
     g = activation(betas[:, None, None] * pre) @ a             # (nb, n)
     out = alphas[:, None, None] * g[None, :, :] - y            # (na, nb, n)
-    return _out(0.5 * (out ** 2).mean(dim=-1), "the risk on the slice", activation)
+    return _out(0.5 * (out ** 2).mean(dim=-1), "the risk on the slice", activation,
+                "a, B, x, y, alphas, betas or activation")
 
 
 def slice_function(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -256,7 +256,8 @@ def gradient_descent(a0: torch.Tensor, B0: torch.Tensor, x: torch.Tensor, y: tor
     opt = torch.optim.SGD([a, B], lr=step)
     steps, values = [0], []
     with torch.no_grad():
-        values.append(_out(_risk(a, B, x, y, activation), "the initial risk", activation))
+        values.append(_out(_risk(a, B, x, y, activation), "the initial risk", activation,
+                           "a0, B0, x, y or activation"))
     last = (a.detach().clone(), B.detach().clone())
     diverged = False
     for k in range(n_steps):

@@ -101,8 +101,7 @@ def _check_keys(params, expected, name):
 
 
 def _fn(fn):
-    if not callable(fn):
-        raise TypeError(f"fn must be callable fn(params, x), got {type(fn).__name__}")
+    _checks.function(fn, "fn")
     return fn
 
 
@@ -362,14 +361,12 @@ def as_function(module: torch.nn.Module):
     ``fn(params, x) = functional_call(module, params, (x,))`` (a trailing
     output dimension of size 1 is squeezed) and ``params`` a detached copy of
     the module's parameters."""
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    _checks.instance(module, torch.nn.Module, "module")
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
     names = frozenset(params)
 
     def fn(p, x):
-        if not isinstance(p, dict):
-            raise TypeError(f"params must be a dict of tensors, got {type(p).__name__}")
+        _checks.instance(p, dict, "params")
         _check_keys(p, names, "params")
         out = functional_call(module, p, (x,))
         return out.squeeze(-1) if out.ndim == 2 and out.shape[1] == 1 else out
@@ -622,8 +619,11 @@ def rms(v: torch.Tensor) -> float:
     v = _checks.tensor(v, "v")
     if v.ndim == 0 or v.shape[0] == 0:
         raise ValueError("v must have at least one row")
-    return _checks.finite_result(float(torch.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1).mean())),
-                                 "the norm", "v (its scale)")
+    v = v.reshape(v.shape[0], -1)
+    scale = v.detach().abs().max()            # scaled, so that squaring cannot overflow
+    if float(scale) == 0:
+        return 0.0
+    return float(scale * torch.sqrt(((v / scale) ** 2).sum(1).mean()))
 
 
 # ----------------------------------------------------------------------------- criterion
@@ -788,7 +788,7 @@ def relative_scale(fn, params: dict, x: torch.Tensor, y: torch.Tensor, *, iters:
     _checks.matching(y, x, "y", "x")
     _checks.same_rows(x, y, "x", "y")
     gen = _gen(generator, seed)
-    res = rms(out - y)
+    res = rms(_checks.finite_result(out - y, "the residual h(params, x) - y", "params, x or y (their scale)"))
     jn = jacobian_norm(fn, params, x, iters=max(iters, 20), generator=gen)
     hn = hessian_norm(fn, params, x, iters=iters, rounds=rounds, restarts=restarts, generator=gen)
     if jn == 0:

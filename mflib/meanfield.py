@@ -199,6 +199,11 @@ def forward(theta: torch.Tensor, x: torch.Tensor, *, activation: str = "relu",
     x = _checks.tensor(x, "x", ndim=2)
     _same(theta, x, "theta", "x")
     _checks.choice(activation, "activation", ACTIVATIONS)
+    return _checks.finite_result(_forward(theta, x, activation, scaling), "h(theta, x)",
+                                 "theta or x (their scale)")
+
+
+def _forward(theta, x, activation, scaling):
     alpha = _alpha(theta.shape[0], scaling)
     xt = _augment(theta, x)
     s, _ = _act(xt @ theta[:, 1:].T, activation)
@@ -252,7 +257,9 @@ def grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, activation: s
     _checks.choice(activation, "activation", ACTIVATIONS)
     alpha = _alpha(theta.shape[0], scaling)
     ga, gw, r = _grad_raw(theta, _augment(theta, x), y, activation, alpha)
-    return torch.cat([ga[:, None], gw], dim=1), 0.5 * (r * r).mean()
+    names = "theta, x or y (their scale)"
+    return (_checks.finite_result(torch.cat([ga[:, None], gw], dim=1), "the gradient", names),
+            _checks.finite_result(0.5 * (r * r).mean(), "the risk", names))
 
 
 def empirical_risk(theta, x, y, *, activation="relu", scaling="mf") -> torch.Tensor:
@@ -260,7 +267,7 @@ def empirical_risk(theta, x, y, *, activation="relu", scaling="mf") -> torch.Ten
     y = _checks.tensor(y, "y", ndim=1)
     h = forward(theta, x, activation=activation, scaling=scaling)
     _checks.same_rows(h[:, None], y, "x", "y")
-    return 0.5 * ((h - y) ** 2).mean()
+    return _checks.finite_result(0.5 * ((h - y) ** 2).mean(), "the risk", "theta, x or y (their scale)")
 
 
 # ----------------------------------------------------------------------------- population
@@ -317,7 +324,8 @@ def population_risk(theta: torch.Tensor, teacher: torch.Tensor, *, scaling: str 
         ss = ss + a[i:i + chunk] @ (k @ a)
     kst, *_ = _kernel_blocks(w, tw)
     ktt, *_ = _kernel_blocks(tw, tw)
-    return 0.5 * (alpha ** 2 * ss - 2 * alpha * (a @ (kst @ ta)) + ta @ (ktt @ ta))
+    return _checks.finite_result(0.5 * (alpha ** 2 * ss - 2 * alpha * (a @ (kst @ ta)) + ta @ (ktt @ ta)),
+                                 "the risk", "theta or teacher (their scale)")
 
 
 def population_grad(theta: torch.Tensor, teacher: torch.Tensor, *, scaling: str = "mf"):
@@ -342,7 +350,9 @@ def population_grad(theta: torch.Tensor, teacher: torch.Tensor, *, scaling: str 
     theta = _theta(theta)
     teacher = _check_teacher(theta, teacher)
     alpha = _alpha(theta.shape[0], scaling)
-    return _pop_grad_raw(theta, teacher, alpha)
+    gr, risk = _pop_grad_raw(theta, teacher, alpha)
+    names = "theta or teacher (their scale)"
+    return _checks.finite_result(gr, "the gradient", names), _checks.finite_result(risk, "the risk", names)
 
 
 def _teacher_energy(teacher):
@@ -399,8 +409,9 @@ def gaussian_teacher_data(teacher: torch.Tensor, n: int, *, activation: str = "r
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     eps = torch.randn(n, generator=g, dtype=torch.float64)
     x = x.to(dtype=teacher.dtype, device=teacher.device)
-    y = forward(teacher, x, activation=activation, scaling="mf")
-    return x, y + noise * eps.to(dtype=teacher.dtype, device=teacher.device)
+    y = _forward(teacher, x, activation, "mf")
+    return x, _checks.finite_result(y + noise * eps.to(dtype=teacher.dtype, device=teacher.device),
+                                    "the labels", "teacher or noise (their scale)")
 
 
 # ----------------------------------------------------------------------------- training
@@ -688,8 +699,10 @@ def relative_scale(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
     h = alpha * (s @ theta[:, 0])
     da = ds * theta[:, 0]
     jjt = alpha ** 2 * (s @ s.T + (da @ da.T) * (xt @ xt.T))
+    names = "theta, x or y (their scale)"
+    _checks.finite_result(jjt, "J J^T", names)
     jac = math.sqrt(max(float(torch.linalg.eigvalsh(jjt)[-1]), 0.0) / n)
-    blocks = torch.einsum("km,ki,kj->mij", ds, xt, xt) / n
+    blocks = _checks.finite_result(torch.einsum("km,ki,kj->mij", ds, xt, xt) / n, "the Hessian blocks", names)
     hess = alpha * math.sqrt(max(float(torch.linalg.eigvalsh(blocks)[:, -1].max()), 0.0))
     hn = float(torch.sqrt((h * h).mean()))
     res = float(torch.sqrt(((h - y) ** 2).mean()))
@@ -710,7 +723,8 @@ def rms_displacement(theta0: torch.Tensor, theta1: torch.Tensor) -> float:
     if theta0.shape != theta1.shape:
         raise ValueError(f"theta0 and theta1 must have the same shape, got {tuple(theta0.shape)} "
                          f"and {tuple(theta1.shape)}")
-    return float(((theta1 - theta0) ** 2).sum(1).mean().sqrt())
+    return _checks.finite_result(float(((theta1 - theta0) ** 2).sum(1).mean().sqrt()), "the displacement",
+                                 "theta0 or theta1 (their scale)")
 
 
 def relu_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str = "ntk") -> torch.Tensor:
@@ -738,4 +752,4 @@ def relu_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str =
     k = norm * arccos._kappa1(theta) / d
     if kind == "ntk":
         k = k + s12 * arccos._kappa0(theta)
-    return k
+    return _checks.finite_result(k, "the kernel", "x1 or x2 (their scale)")

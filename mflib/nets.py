@@ -191,8 +191,7 @@ class MLP(torch.nn.Module):
         self.activation_key, self.phi, self.dphi = resolve_activation(activation)
         self.weight_std = _checks.real(weight_std, "weight_std", positive=True)
         self.bias_std = _checks.real(bias_std, "bias_std", nonnegative=True)
-        if not isinstance(parametrization, str):
-            raise TypeError(f"parametrization must be a str, got {type(parametrization).__name__}")
+        _checks.string(parametrization, "parametrization")
         self.parametrization = _checks.choice(parametrization, "parametrization", PARAMETRIZATIONS)
         if parametrization == "mean_field" and len(widths) != 1:
             raise ValueError(f"widths must have exactly one hidden layer for the mean_field "

@@ -49,7 +49,7 @@ def _q(q, name="q") -> torch.Tensor:
         q = torch.tensor(_checks.real(q, name), dtype=DTYPE)
     if bool((q < 0).any()):
         raise ValueError(f"{name} must be non-negative")
-    if q.numel() and float(q.max()) > _checks.MAX_REAL:
+    if q.numel() and float(q.detach().max()) > _checks.MAX_REAL:
         raise ValueError(f"{name} is too large: the computation would overflow")
     return q
 

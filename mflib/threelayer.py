@@ -134,8 +134,7 @@ class Params:
 
 
 def _check_params(p, name="params") -> Params:
-    if not isinstance(p, Params):
-        raise TypeError(f"{name} must be a threelayer.Params, got {type(p).__name__}")
+    _checks.instance(p, Params, name)
     _checks.tensor(p.w1, f"{name}.w1", ndim=3, nonempty=True)
     _checks.tensor(p.w2, f"{name}.w2", ndim=3)
     _checks.tensor(p.w3, f"{name}.w3", ndim=2)
@@ -446,7 +445,8 @@ def loss(params: Params, x: torch.Tensor, y: torch.Tensor, *, phi=("tanh", "tanh
     r"""Empirical risk :math:`\mathbb E_Z\,\tfrac12(\hat y(X) - Y)^2` of each network, shape ``(B,)``."""
     yhat = output(params, x, phi=phi)
     _check_y(y, x)
-    return 0.5 * ((yhat - y) ** 2).mean(dim=1)
+    return _checks.finite_result(0.5 * ((yhat - y) ** 2).mean(dim=1), "the risk",
+                                 "params, x or y (their scale)")
 
 
 def _grads(p: Params, x, y, acts, fw: Forward | None = None, out: torch.Tensor | None = None):
@@ -788,8 +788,7 @@ def coupled_training(embedding: Embedding, x: torch.Tensor, y: torch.Tensor, *, 
     -----
     If any run produces non-finite values, ``mflib.Diverged`` is raised.
     """
-    if not isinstance(embedding, Embedding):
-        raise TypeError(f"embedding must be a threelayer.Embedding, got {type(embedding).__name__}")
+    _checks.instance(embedding, Embedding, "embedding")
     ref = embedding.ensemble()
     _check_x(x, ref, "x", "embedding")
     _check_y(y, x)
@@ -955,8 +954,7 @@ class TwoLayerParams:
 
 
 def _check_two(p):
-    if not isinstance(p, TwoLayerParams):
-        raise TypeError(f"params must be a threelayer.TwoLayerParams, got {type(p).__name__}")
+    _checks.instance(p, TwoLayerParams, "params")
     _checks.tensor(p.w, "params.w", ndim=3, nonempty=True)
     _checks.tensor(p.a, "params.a", ndim=2)
     _checks.matching(p.a, p.w, "params.a", "params.w")

@@ -78,7 +78,7 @@ class StepTarget:
         _checks.tensor(self.jumps, "jumps", ndim=1)
         _checks.tensor(self.values, "values", ndim=1, nonempty=True)
         _checks.matching(self.jumps, self.values, "jumps", "values")
-        if self.values.numel() and float(self.values.abs().max()) > 1e50:
+        if self.values.numel() and float(self.values.detach().abs().max()) > 1e50:
             raise ValueError("values are too large: the risk (their square, integrated) would overflow")
         if self.values.shape[0] != self.jumps.shape[0] + 1:
             raise ValueError(f"values must have len(jumps) + 1 = {self.jumps.shape[0] + 1} "
@@ -122,8 +122,7 @@ def paper_target(dtype: torch.dtype = torch.float64) -> StepTarget:
 
 
 def _target(target, like=None, like_name="u0") -> StepTarget:
-    if not isinstance(target, StepTarget):
-        raise TypeError(f"target must be a StepTarget, got {type(target).__name__}")
+    _checks.instance(target, StepTarget, "target")
     if like is not None and target.values.dtype != like.dtype:
         raise TypeError(f"target and {like_name} must have the same dtype, got "
                         f"{target.values.dtype} and {like.dtype}")
@@ -309,7 +308,7 @@ def optimal_outer(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tens
     eta = _eta(eta)
     _checks.tensor(u, "u", ndim=(1, 2), nonempty=True)
     target = _target(target, u, "u")
-    if float(u.abs().max()) > 1e6:
+    if float(u.detach().abs().max()) > 1e6:
         raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
     squeeze = u.ndim == 1
     u2 = u[None] if squeeze else u
@@ -434,7 +433,7 @@ def _batch_eps(eps, B, like):
         _checks.tensor(eps, "eps", ndim=(0, 1), floating=False)
         if eps.dtype == torch.bool:
             raise TypeError("eps must hold real numbers, got a bool tensor")
-        if eps.numel() and float(eps.abs().max()) > _checks.MAX_REAL:
+        if eps.numel() and float(eps.detach().abs().max()) > _checks.MAX_REAL:
             raise ValueError("eps is too large: the computation would overflow")
         eps = eps.to(like)
         eps = eps.expand(B).clone() if eps.ndim == 0 else eps
@@ -479,8 +478,10 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
 
     A run whose state becomes non-finite (or whose positions leave
     :math:`(-10, 10)`) is flagged ``diverged`` and keeps its last finite state
-    and the records it computed; the horizon is refused up front when the
-    initial speed of the neurons says it needs more than ``max_steps`` steps.
+    and the records it computed.  A start that is not finite is refused
+    (``ValueError`` naming the inputs), and so is, as soon as the speed of the
+    neurons shows it, a horizon that would need far more than ``max_steps``
+    steps (``tau_max`` too long or ``max_disp`` too small).
     """
     B, m = u.shape
     grid = torch.linspace(0.0, tau_max, n_records, dtype=u.dtype)
@@ -516,8 +517,6 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             if not bool(ok.all()):
                 raise ValueError(f"{names} give a non-finite risk or gradient at the start (or "
                                  f"positions outside (-10, 10)): their values are out of range")
-            _checks.budget(float(max_steps) * B * (m + 1) ** 2 * (6 * m + 30) * 8,
-                           "max_steps (with the sizes of u0)")
         bad_a = ~ok
         if bool(bad_a.any()):                               # back to the last finite state
             diverged[act[bad_a]] = True
@@ -623,6 +622,20 @@ def train_population(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta
         Largest displacement of a neuron per step, in units of :math:`\eta`.
     max_steps : int
         Give up (``ValueError``) beyond this many steps.
+
+    Returns
+    -------
+    TrainResult
+        A run whose state becomes non-finite is flagged in ``diverged`` and
+        keeps its last finite state; ``recorded`` counts the records it
+        computed (later ones repeat the last).
+
+    Raises
+    ------
+    ValueError
+        If an argument is invalid, the start is not finite, or the speed of
+        the neurons shows that ``tau_max`` cannot be reached in ``max_steps``
+        steps.
     """
     eta = _check_params(a0, u0, eta, "a0", "u0")
     target = _target(target, u0)

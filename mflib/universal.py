@@ -49,7 +49,7 @@ def _xy(x, y, nx, ny):
     _checks.matching(y, x, ny, nx)
     _checks.same_rows(x, y, nx, ny)
     for name, t in ((nx, x), (ny, y)):
-        if float(t.abs().max()) > 1e100:
+        if float(t.detach().abs().max()) > 1e100:
             raise ValueError(f"{name} is too large: the least-squares fit would overflow")
     return x.to(DTYPE), y.to(DTYPE)
 

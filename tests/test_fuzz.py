@@ -1,8 +1,9 @@
 """Property-based fuzz test of the whole public API of :mod:`mflib`.
 
 Every public function and class of every ``mflib`` module, and every public
-method those classes define, is found by introspection; each must have an entry in :data:`VALID` (a valid call), so that
-a new public name without one fails :func:`test_every_public_name_has_a_valid_call`.
+method those classes define, is found by introspection; each must have an
+entry in :data:`VALID` (a valid call), so that a new public name without one
+fails :func:`test_every_public_name_has_a_valid_call` with its name.
 
 For each entry:
 
@@ -11,18 +12,26 @@ For each entry:
   bit-identical results (one randomness policy: ``generator=None`` is a fixed
   seed, never the global state);
 * every argument is replaced, one at a time, by bad values chosen from the
-  kind of its valid value (wrong type, wrong dtype, wrong rank, empty, NaN,
-  inf, zero, negative, huge); the call must raise ``ValueError`` or
-  ``TypeError`` whose message names the argument, or -- for values that may
-  be legitimate (a negative mean, a zero count) -- return finite results.
-  A leaked exception of another type, a non-finite result, a call that runs
-  past :data:`TIMEOUT` seconds and an invalid value accepted without a word
-  all fail the test;
+  kind of its valid value (wrong type, wrong dtype, the other float dtype,
+  wrong rank, empty, NaN, inf, entries scaled by 1e300, zero, negative and
+  huge sizes, huge or tiny reals, non-bool flags, unknown names, missing
+  devices); the call must raise ``ValueError`` or ``TypeError`` whose message
+  names the argument, or -- for values that may be legitimate (a negative
+  mean, a zero count, float32 alone) -- return finite results.  A leaked
+  exception of another type, a non-finite result, a call that runs past
+  :data:`TIMEOUT` seconds (a hang) and an invalid value accepted without a
+  word all fail the test.  Plain result containers (:data:`CONTAINERS`) are
+  only built;
 * a hypothesis test draws further bad values at random (bounded examples,
-  derandomised so CI is reproducible).
+  derandomised so that CI is reproducible);
+* every training engine, run with a step far too large, raises
+  ``mflib.Diverged`` or returns a result flagged as diverged whose record
+  series are finite and of one length.
 
-The counts (functions covered, calls, clear errors, ...) are printed by the
-last test and stored in pytest's cache under ``mflib/fuzz_summary``.
+The counts (functions covered, calls, clear errors, leaks, silent non-finite
+results, hangs, ...) are printed by the last test, stored in pytest's cache
+under ``mflib/fuzz_summary`` when the cache is on, and written as JSON to the
+file named by ``MFLIB_FUZZ_SUMMARY`` when it is set.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import os
 import pkgutil
 import re
 import signal
+import threading
 from collections import Counter
 
 import matplotlib
@@ -530,6 +540,13 @@ def _alarm(signum, frame):
 
 def _call(fn, kwargs):
     """Call with a time limit; returns ("ok", result) or ("error", exception) or ("hang", None)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        try:                          # no SIGALRM here: no time limit
+            return "ok", fn(**kwargs)
+        except Exception as err:  # noqa: BLE001
+            return "error", err
+        finally:
+            plt.close("all")
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
     try:
@@ -634,6 +651,7 @@ def bad_values(entry, arg, value, default):
             # the other float dtype: mixed with the other tensors it must be refused, alone it may be fine
             add((value.to(torch.float32 if value.dtype == D else D), False))
             if value.numel():
+                add((value * 1e300, False))
                 add((_nan_like(value), True))
                 inf = value.clone()
                 inf.view(-1)[-1] = math.inf
