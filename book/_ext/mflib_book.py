@@ -329,6 +329,21 @@ def latex_macros(macros: dict) -> str:
     return "\n".join(lines)
 
 
+# PDF bookmarks are plain text: mathematics in a heading must expand to
+# characters there (with unicode-math, \varepsilon would stop XeLaTeX).
+_BOOKMARK_SYMBOLS = {
+    "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ϵ", "varepsilon": "ε",
+    "eta": "η", "theta": "θ", "kappa": "κ", "lambda": "λ", "mu": "μ", "nu": "ν", "pi": "π",
+    "rho": "ρ", "sigma": "σ", "tau": "τ", "phi": "ϕ", "varphi": "φ", "chi": "χ", "psi": "ψ",
+    "omega": "ω", "circ": "∘", "infty": "∞", "to": "→", "times": "×", "le": "≤", "ge": "≥",
+}
+
+
+def latex_bookmark_symbols() -> str:
+    defs = "".join(f"\\def\\{name}{{{char}}}" for name, char in _BOOKMARK_SYMBOLS.items())
+    return f"\\pdfstringdefDisableCommands{{{defs}}}"
+
+
 # ------------------------------------------------------------ page hygiene
 def _config_inited(app, config):
     os.environ["MFLIB_QUIET"] = "1"
@@ -339,7 +354,8 @@ def _config_inited(app, config):
     macros = (getattr(config, "mathjax3_config", None) or {}).get("tex", {}).get("macros", {})
     if macros:
         elements = dict(config.latex_elements or {})
-        elements["preamble"] = elements.get("preamble", "") + "\n" + latex_macros(macros) + "\n"
+        elements["preamble"] = (elements.get("preamble", "") + "\n" + latex_macros(macros) + "\n"
+                                + latex_bookmark_symbols() + "\n")
         config.latex_elements = elements
 
 
