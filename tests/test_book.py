@@ -170,14 +170,14 @@ def test_every_page_in_a_real_browser(built_book):
                     errors.append("no measured run time under the title")
                 errors += _interact(page)
                 name = rel.replace("/", "__")
-                page.screenshot(path=str(shots / f"{name}.light.png"), full_page=True)
+                page.screenshot(path=str(shots / f"{name}.light.png"), full_page=True, timeout=180_000)
                 page.evaluate(_DARK_MODE)
                 page.wait_for_timeout(100)
                 if page.evaluate("() => getComputedStyle(document.body).backgroundColor") in (
                         "rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"):
                     errors.append("dark mode did not darken the page")
                 errors += [f"button not drawn (dark mode): {b}" for b in page.evaluate(_BLANK_BUTTONS)]
-                page.screenshot(path=str(shots / f"{name}.dark.png"), full_page=True)
+                page.screenshot(path=str(shots / f"{name}.dark.png"), full_page=True, timeout=180_000)
                 problems += [f"{rel}: {e}" for e in errors]
                 page.close()
             browser.close()
