@@ -11,6 +11,11 @@ Interactive figures come in twins built from one ``render`` function:
 
 :func:`animation_html` turns a matplotlib animation into the same kind of
 self-contained HTML, with play/pause controls.
+
+Both also carry one representative frame as ``image/png`` (the explorer's
+first combination, the animation's last frame): the HTML book shows the
+interactive version, and formats that cannot run JavaScript (the PDF) show
+that frame.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import matplotlib.pyplot as plt
 
 from mflib import _checks
 
-__all__ = ["STYLE", "use_style", "figure", "quiet", "progress", "static_explorer", "live_explorer",
+__all__ = ["STYLE", "use_style", "figure", "quiet", "progress", "static_explorer", "live_explorer", "InteractiveHTML",
            "animation_html", "fig_to_png"]
 
 #: The one figure style of the book.
@@ -46,6 +51,11 @@ STYLE = {
     "legend.frameon": False,
     "lines.linewidth": 1.8,
     "image.cmap": "viridis",
+    # Opaque white figures: readable on the book's dark theme too (a
+    # transparent PNG would put black axes on a dark page).
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+    "savefig.transparent": False,
     "axes.prop_cycle": mpl.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
                                          "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]),
 }
@@ -118,6 +128,30 @@ def _check_axes(axes: dict) -> dict:
     return out
 
 
+class InteractiveHTML:
+    """Self-contained interactive HTML with a representative still frame.
+
+    Displayed, it offers ``text/html`` (the interactive figure) and
+    ``image/png`` (the still frame); each front end picks the richest type it
+    can show: the HTML book the former, the PDF the latter.
+    """
+
+    def __init__(self, html: str, png: bytes | None):
+        #: The interactive figure, self-contained HTML.
+        self.data = html
+        #: The still frame, PNG bytes (None when there is none).
+        self.png = png
+
+    def _repr_html_(self):
+        return self.data
+
+    def _repr_png_(self):
+        return self.png
+
+    def __repr__(self):
+        return f"<{type(self).__name__}: {len(self.data)} characters of HTML>"
+
+
 def static_explorer(render, axes: dict, *, title: str = "", fmt=str):
     """Render ``render(**params)`` for every combination of ``axes`` into one
     self-contained HTML widget with a slider per parameter.
@@ -135,11 +169,11 @@ def static_explorer(render, axes: dict, *, title: str = "", fmt=str):
 
     Returns
     -------
-    IPython.display.HTML
-        Images and inline JavaScript only: it works in the static book with no
-        kernel, no network and no widget manager.
+    InteractiveHTML
+        Images and inline JavaScript only (``.data``): it works in the static
+        book with no kernel, no network and no widget manager; its still frame
+        (``.png``) is the first combination, the one the page shows on load.
     """
-    from IPython.display import HTML
     from matplotlib.figure import Figure
 
     _checks.function(render, "render")
@@ -194,7 +228,7 @@ def static_explorer(render, axes: dict, *, title: str = "", fmt=str):
 }})();</script>"""
     head = f'<div class="mflib-explorer" id="{uid}"><p><em>{title}</em></p>' if title else \
         f'<div class="mflib-explorer" id="{uid}">'
-    return HTML(head + sliders + imgs + "</div>" + script)
+    return InteractiveHTML(head + sliders + imgs + "</div>" + script, base64.b64decode(images[0]))
 
 
 def _json(values) -> str:
@@ -248,8 +282,13 @@ def animation_html(fig, update, frames: int, *, interval: int = 120):
         Number of frames (at least 1).
     interval : int
         Milliseconds between frames.
+
+    Returns
+    -------
+    InteractiveHTML
+        The player (``.data``), its buttons drawn as inline SVG; its still
+        frame (``.png``) is the last frame of the animation.
     """
-    from IPython.display import HTML
     from matplotlib import animation
     from matplotlib.figure import Figure
 
@@ -261,24 +300,44 @@ def animation_html(fig, update, frames: int, *, interval: int = 120):
     with mpl.rc_context({"animation.embed_limit": 200.0}):
         html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
-    return HTML(_offline_controls(html))
+    return InteractiveHTML(_offline_controls(html), _last_frame(html))
+
+
+def _last_frame(html: str) -> bytes | None:
+    import re
+
+    frames = re.findall(r'frames\[\d+\] = "data:image/png;base64,([^"]*)"', html)
+    return base64.b64decode(frames[-1].replace("\\\n", "")) if frames else None
 
 
 # matplotlib's player draws its buttons with Font Awesome from a CDN; the book
-# must read offline, so the stylesheet link is dropped and the icons become
-# Unicode glyphs.
-_GLYPHS = {
-    "fa fa-fast-backward": "&#x23EE;", "fa fa-step-backward": "&#x23F4;&#x23F4;",
-    "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x23F8;",
-    "fa fa-play": "&#x25B6;", "fa fa-step-forward": "&#x23F5;&#x23F5;",
-    "fa fa-fast-forward": "&#x23ED;", "fa fa-minus": "&#x2212;", "fa fa-plus": "+",
+# must read offline, and Unicode media glyphs (U+23EE, ...) are missing from
+# common fonts, so the stylesheet link is dropped and each icon is drawn as a
+# small inline SVG in the button's text colour (the buttons keep matplotlib's
+# title and aria-label).
+_ICONS = {
+    "fa fa-fast-backward": "M15 2L9 8L15 14ZM9 2L3 8L9 14ZM1 2H3V14H1Z",
+    "fa fa-step-backward": "M14 2L6 8L14 14ZM2 2H5V14H2Z",
+    "fa fa-play fa-flip-horizontal": "M12 2L3 8L12 14Z",
+    "fa fa-pause": "M3 2H7V14H3ZM9 2H13V14H9Z",
+    "fa fa-play": "M4 2L13 8L4 14Z",
+    "fa fa-step-forward": "M2 2L10 8L2 14ZM11 2H14V14H11Z",
+    "fa fa-fast-forward": "M1 2L7 8L1 14ZM7 2L13 8L7 14ZM13 2H15V14H13Z",
+    "fa fa-minus": "M2 7H14V9H2Z",
+    "fa fa-plus": "M2 7H14V9H2ZM7 2H9V14H7Z",
 }
+
+
+def _icon(path: str) -> str:
+    return ('<svg class="mflib-icon" viewBox="0 0 16 16" width="14" height="14" aria-hidden="true" '
+            'focusable="false" style="vertical-align:middle">'
+            f'<path fill="currentColor" d="{path}"/></svg>')
 
 
 def _offline_controls(html: str) -> str:
     import re
 
     html = re.sub(r'<link rel="stylesheet"\s*href="https?://[^"]*font-awesome[^"]*">', "", html)
-    for cls, glyph in _GLYPHS.items():
-        html = html.replace(f'<i class="{cls}"></i>', f'<span aria-hidden="true">{glyph}</span>')
+    for cls, path in _ICONS.items():
+        html = html.replace(f'<i class="{cls}"></i>', _icon(path))
     return html

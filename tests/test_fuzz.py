@@ -439,6 +439,7 @@ VALID = {
     "threelayer.Embedding.sample": lambda: dict(self=_emb(), n1=3, n2=2, batch=2, generator=g()),
     "two_timescale.StepTarget.__call__": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D)),
     "two_timescale.StepTarget.primitive": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D), power=2),
+    "plotting.InteractiveHTML": lambda: dict(html="<p>frame</p>", png=None),
     # two_timescale_sgd
     "two_timescale_sgd.sgd": lambda: dict(a0=_tt_state()[0], u0=_tt_state()[1], target=T, eta=0.05, eps=0.1,
                                           h=0.01, n_steps=40, seed=0, n_records=3, noise=1.0, threads=1),
@@ -467,7 +468,7 @@ CONTAINERS = {
     "lazy.Digits", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
     "threelayer.Sample", "threelayer.Forward", "threelayer.Run", "threelayer.CoupledRun",
     "threelayer.TwoLayerParams", "two_timescale.TrainResult", "two_timescale.FixedSampleResult",
-    "universal.Fit", "two_timescale_sgd.SGDResult", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
+    "universal.Fit", "two_timescale_sgd.SGDResult", "plotting.InteractiveHTML", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
 }
 
 #: Calls whose results legitimately differ between two calls (timings).

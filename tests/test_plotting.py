@@ -69,3 +69,17 @@ def test_figure_checks():
         plotting.figure(0)
     fig, _ = plotting.figure(2, 1)
     assert isinstance(fig, matplotlib.figure.Figure)
+
+
+def test_interactive_figures_carry_a_still_frame_and_svg_buttons():
+    from IPython.core.formatters import DisplayFormatter
+
+    fig, ax = plotting.figure()
+    (line,) = ax.plot([0, 1], [0, 0])
+    anim = plotting.animation_html(fig, lambda i: line.set_ydata([0, i]), 3)
+    assert anim.data.count("<svg") == 9 and "&#x23" not in anim.data  # no glyph fonts lack
+    explorer = plotting.static_explorer(_render, {"a": [1, 2]})
+    for obj in (anim, explorer):
+        bundle, _ = DisplayFormatter().format(obj)
+        assert {"text/html", "image/png"} <= set(bundle)  # HTML for the site, PNG for the PDF
+        assert obj.png.startswith(b"\x89PNG")

@@ -16,6 +16,19 @@
   with no JavaScript error.
 * Kernels started by the build inherit ``MFLIB_QUIET=1``: progress bars are
   shown when a reader runs a notebook, never in the built pages.
+* **No dead code in the static book.** A code cell that only calls
+  ``plotting.live_explorer(...)`` needs a live kernel; it is executed (so its
+  ``render`` is exercised) but not shown: the page shows the static twin.
+* **What a page costs to run.** Under the title of each lecture, its measured
+  kernel time at full size and in quick mode, read from
+  ``book/_ext/execution_times.json`` (regenerated from the execution report
+  by ``python tools/execution_times.py``).
+* **Colab.** The theme's Colab button would open the page's Markdown source,
+  which Colab cannot read; it is pointed at the page's ``.ipynb`` on the
+  ``mflib_notebooks_branch`` branch, where the publishing workflow puts the
+  notebooks of ``tools/colab_notebooks.py``.
+* **LaTeX/PDF.** The MathJax macros of ``_config.yml`` are turned into LaTeX
+  ``\newcommand`` definitions, so that one list serves both builders.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from pathlib import Path
 
 MATHJAX_ENTRY = "mathjax/tex-chtml-full.js"
 PACKAGE = "mflib"
+TIMES_FILE = Path(__file__).with_name("execution_times.json")
 
 
 # --------------------------------------------------------------- MathJax
@@ -169,6 +183,11 @@ def _outdated_by_library(app, env, added, changed, removed):
     are executed again)."""
     stored = getattr(env, "mflib_fingerprints", {})
     outdated = []
+    if getattr(env, "mflib_times_digest", None) != _times_digest():
+        # new measured run times: re-read the lectures (their execution is cached)
+        env.mflib_times_digest = _times_digest()
+        outdated += [d for d in env.found_docs
+                     if d.startswith("lectures/") and d not in added | changed | removed]
     for docname, old in stored.items():
         if docname in added or docname in changed or docname in removed:
             continue
@@ -176,7 +195,7 @@ def _outdated_by_library(app, env, added, changed, removed):
         if not path.exists():
             continue
         new = library_fingerprint([path.read_text(encoding="utf-8")], app.config.mflib_cache_package)
-        if new != old:
+        if new != old and docname not in outdated:
             outdated.append(docname)
     return outdated
 
@@ -202,7 +221,7 @@ def _execution_report(app, exception):
         exec_data = data.get("exec_data")
         if not exec_data:
             continue
-        rows.append({"page": docname, "method": exec_data.get("method"),
+        rows.append({"page": docname, "quick": quick_mode(), "method": exec_data.get("method"),
                      "seconds": exec_data.get("runtime"),
                      "succeeded": exec_data.get("succeeded"),
                      "executed_at": exec_data.get("mtime")})
@@ -219,6 +238,112 @@ def _execution_report(app, exception):
         print("\n".join(lines))
 
 
+def quick_mode() -> bool:
+    """True when the build's kernels run in quick mode (``MFLIB_QUICK``)."""
+    return os.environ.get("MFLIB_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# ------------------------------------------------ live-explorer cells
+def _only_live_explorer(source: str) -> bool:
+    """True when every statement of ``source`` is a call of ``live_explorer``."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    if not tree.body:
+        return False
+    for stmt in tree.body:
+        if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+            return False
+        func = stmt.value.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name != "live_explorer":
+            return False
+    return True
+
+
+def _remove_live_explorer_cells(app, doctree):
+    from docutils import nodes
+
+    for cell in list(doctree.findall(nodes.container)):
+        if cell.get("nb_element") != "cell_code":
+            continue
+        blocks = [b for b in cell.findall(nodes.literal_block)
+                  if b.parent.get("nb_element") == "cell_code_source"]
+        if blocks and all(_only_live_explorer(b.astext()) for b in blocks):
+            cell.parent.remove(cell)
+
+
+# ------------------------------------------------------- run time per page
+def _format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def runtime_sentence(docname: str, times: dict) -> str | None:
+    """The sentence shown under a lecture's title, or None without data."""
+    parts = []
+    for mode, label, extra in (("full", "at full size", None), ("quick", "in quick mode", "MFLIB_QUICK=1")):
+        entry = times.get(mode, {})
+        secs = entry.get("pages", {}).get(docname)
+        if secs is not None:
+            where = "; ".join(x for x in (extra, entry.get("machine"), entry.get("measured")) if x)
+            parts.append(f"{_format_seconds(secs)} {label}" + (f" ({where})" if where else ""))
+    if not parts:
+        return None
+    return "Time to run this page (kernel time, as measured by the last builds): " + ", ".join(parts) + "."
+
+
+def _times_digest() -> str:
+    return hashlib.sha256(TIMES_FILE.read_bytes()).hexdigest() if TIMES_FILE.exists() else ""
+
+
+def _insert_runtime(app, doctree):
+    from docutils import nodes
+
+    docname = app.env.docname
+    if not docname.startswith("lectures/") or not TIMES_FILE.exists():
+        return
+    text = runtime_sentence(docname, json.loads(TIMES_FILE.read_text()))
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if text is None or section is None or not isinstance(section[0], nodes.title):
+        return
+    para = nodes.paragraph(text, text, classes=["mflib-runtime"])
+    section.insert(1, para)
+
+
+# ----------------------------------------------------------------- LaTeX
+def latex_macros(macros: dict) -> str:
+    """LaTeX definitions of MathJax 3 ``tex.macros`` (``name: body`` or
+    ``name: [body, nargs]``)."""
+    lines = []
+    for name, body in macros.items():
+        nargs = 0
+        if isinstance(body, (list, tuple)):
+            body, nargs = body[0], int(body[1])
+        args = f"[{nargs}]" if nargs else ""
+        lines.append(f"\\providecommand{{\\{name}}}{{}}\\renewcommand{{\\{name}}}{args}{{{body}}}")
+    return "\n".join(lines)
+
+
+# PDF bookmarks are plain text: mathematics in a heading must expand to
+# characters there (with unicode-math, \varepsilon would stop XeLaTeX).
+_BOOKMARK_SYMBOLS = {
+    "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ϵ", "varepsilon": "ε",
+    "eta": "η", "theta": "θ", "kappa": "κ", "lambda": "λ", "mu": "μ", "nu": "ν", "pi": "π",
+    "rho": "ρ", "sigma": "σ", "tau": "τ", "phi": "ϕ", "varphi": "φ", "chi": "χ", "psi": "ψ",
+    "omega": "ω", "circ": "∘", "infty": "∞", "to": "→", "times": "×", "le": "≤", "ge": "≥",
+}
+
+
+def latex_bookmark_symbols() -> str:
+    defs = "".join(f"\\def\\{name}{{{char}}}" for name, char in _BOOKMARK_SYMBOLS.items())
+    return f"\\pdfstringdefDisableCommands{{{defs}}}"
+
+
 # ------------------------------------------------------------ page hygiene
 def _config_inited(app, config):
     os.environ["MFLIB_QUIET"] = "1"
@@ -226,6 +351,12 @@ def _config_inited(app, config):
     # pydata-sphinx-theme logs a console error when no default mode is set.
     config.html_context.setdefault("default_mode", "light")
     _patch_execution_cache(config.mflib_cache_package)
+    macros = (getattr(config, "mathjax3_config", None) or {}).get("tex", {}).get("macros", {})
+    if macros:
+        elements = dict(config.latex_elements or {})
+        elements["preamble"] = (elements.get("preamble", "") + "\n" + latex_macros(macros) + "\n"
+                                + latex_bookmark_symbols() + "\n")
+        config.latex_elements = elements
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -244,15 +375,35 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique  # in place: later handlers append to this very list
 
 
+def _colab_to_notebooks(app, pagename, templatename, context, doctree):
+    branch = app.config.mflib_notebooks_branch
+
+    def fix(obj):
+        if isinstance(obj, dict):
+            if obj.get("text") == "Colab" and isinstance(obj.get("url"), str):
+                obj["url"] = re.sub(r"/blob/[^/]+/(.+)\.[A-Za-z]+$", rf"/blob/{branch}/\1.ipynb", obj["url"])
+            for value in obj.values():
+                fix(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                fix(value)
+
+    fix(context.get("header_buttons"))
+
+
 def setup(app):
     _mathjax_source()  # fail early with a clear message
     app.add_config_value("mflib_cache_package", PACKAGE, "env")
+    app.add_config_value("mflib_notebooks_branch", "notebooks", "html")
     app.connect("config-inited", _config_inited)
     app.connect("source-read", _source_read)
     app.connect("env-get-outdated", _outdated_by_library)
     app.connect("env-merge-info", _merge_fingerprints)
     app.connect("env-purge-doc", _purge_fingerprint)
+    app.connect("doctree-read", _remove_live_explorer_cells)
+    app.connect("doctree-read", _insert_runtime)
     app.connect("html-page-context", _dedupe_scripts, priority=100)
+    app.connect("html-page-context", _colab_to_notebooks, priority=900)
     app.connect("build-finished", _copy_mathjax)
     app.connect("build-finished", _execution_report)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
