@@ -76,6 +76,31 @@ def test_book_builds_strictly(built_book):
     assert (html / "_static" / "mathjax" / "tex-chtml-full.js").exists(), "MathJax is not served offline"
 
 
+@pytest.mark.book
+def test_claims_ledger_lists_every_claim(built_book):
+    """The Claims page lists the claims of every lecture, none failing, each
+    linked to the sentence that makes it (an id in the target page)."""
+    import json
+
+    rc, _, html = built_book
+    if rc != 0:
+        pytest.skip("the book did not build (see test_book_builds_strictly)")
+    page = (html / "book" / "claims.html").read_text(encoding="utf-8")
+    m = re.search(r"(\d+) claims on (\d+) pages; (\d+) hold, (\d+) fail", page)
+    assert m, "the Claims page has no summary line"
+    total, pages, held, failed = map(int, m.groups())
+    assert failed == 0 and held == total
+    lectures = sorted(p.stem for p in (ROOT / "lectures").glob("*.md"))
+    for stem in lectures:
+        assert f'id="claims-lectures-{stem}"' in page, f"no claims listed for lecture {stem}"
+    assert pages >= len(lectures)
+    # every link to a claim's sentence lands on an id that exists
+    links = re.findall(r'href="\.\./(lectures/[\w-]+\.html)#(claim-[\w.-]+)"', page)
+    assert len(links) >= total // 2, f"only {len(links)} of {total} claims link to their sentence"
+    for target, anchor in set(links):
+        assert f'id="{anchor}"' in (html / target).read_text(encoding="utf-8"), f"{target}#{anchor} missing"
+
+
 def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
