@@ -56,7 +56,8 @@ from mflib.config import generator as _generator
 
 __all__ = ["Trajectory", "init_particles", "forward", "grad", "empirical_risk",
            "population_risk", "population_grad", "gaussian_teacher_data", "train",
-           "relative_scale", "rms_displacement", "relu_kernel"]
+           "relative_scale", "rms_displacement", "relu_kernel", "sgd_stream_distance",
+           "linearised_displacement"]
 
 ACTIVATIONS = ("relu", "sigmoid")
 SCALINGS = ("mf", "lazy")
@@ -698,3 +699,105 @@ def relu_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str =
     if kind == "ntk":
         k = k + s12 * arccos.kappa0(theta)
     return k
+
+
+def sgd_stream_distance(theta: torch.Tensor, teacher: torch.Tensor, x_eval: torch.Tensor, *,
+                        lr: float, time: float, batch: int, seeds=(0, 1), records: int = 9,
+                        activation: str = "relu") -> float:
+    r"""The SGD-noise part of the mean-field limit of SGD: the squared distance
+    between two online-SGD runs from the *same* particles with independent
+    sample streams,
+
+    .. math::
+
+       D^2_\eta = \sup_{t\le T}\ \frac1{n}\sum_{k=1}^{n}\bigl(h(\theta^{A}_{t}, x_k) - h(\theta^{B}_{t}, x_k)\bigr)^2 .
+
+    The common initial particles remove the :math:`1/m` part of the bound of
+    Mei, Montanari & Nguyen (2018), :math:`\max\{\eta, 1/m\}`; what is left is
+    the fluctuation of SGD around its mean, of variance :math:`O(\eta/B)` per
+    unit time in the diffusion approximation, so :math:`D^2_\eta \propto \eta/B`.
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        Initial particles ``(m, 1 + d)`` (mean-field scaling, no bias).
+    teacher : torch.Tensor
+        Teacher particles; fresh inputs :math:`x\sim\mathcal N(0, I_d)` are labelled by it.
+    x_eval : torch.Tensor
+        Points ``(n, d)`` on which the distance is measured.
+    lr : float
+        Time step :math:`\eta`.
+    time : float
+        Horizon :math:`T`; the runs take ``round(time / lr)`` steps.
+    batch : int
+        Mini-batch size :math:`B`.
+    seeds : pair of int
+        Seeds of the two sample streams (distinct for independent streams).
+    records : int
+        Number of equally spaced times at which the distance is measured.
+    activation : str
+        ``"relu"`` or ``"sigmoid"``.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    mflib.Diverged
+        If a run diverges.
+    """
+    theta = _theta(theta)
+    x_eval = _checks.tensor(x_eval, "x_eval", ndim=2)
+    _same(theta, x_eval, "theta", "x_eval")
+    lr = _checks.real(lr, "lr", positive=True)
+    time = _checks.real(time, "time", positive=True)
+    records = _checks.integer(records, "records", minimum=2)
+    if not isinstance(seeds, (tuple, list)) or len(seeds) != 2:
+        raise TypeError("seeds must be a pair of integers")
+    seeds = [_checks.integer(s, "seeds", minimum=0) for s in seeds]
+    steps = max(1, int(round(time / lr)))
+    rec = torch.linspace(0, steps, records).round().long().unique().tolist()
+    outs = []
+    for s in seeds:
+        tr = train(theta, steps=steps, lr=lr, method="sgd", teacher=teacher, batch=batch,
+                   activation=activation, record=rec, on_diverge="raise", generator=_generator(s))
+        outs.append(torch.stack([forward(t, x_eval, activation=activation) for t in tr.thetas]))
+    return float(((outs[0] - outs[1]) ** 2).mean(1).max())
+
+
+def linearised_displacement(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+                            scaling: str = "lazy", activation: str = "relu") -> float:
+    r"""Root-mean-square particle displacement of the *linearised* model fitted
+    from ``theta``: gradient descent on
+    :math:`h(\theta_0) + Dh(\theta_0)(\theta - \theta_0)` started at
+    :math:`\theta_0` stays in the row space of :math:`J = Dh(\theta_0)` and, when
+    :math:`J` has full row rank, converges to the minimum-norm change
+    :math:`\Delta = J^+(y - h(\theta_0))`; returned is
+    :math:`\lVert\Delta\rVert/\sqrt m`, which lazy training approaches as
+    :math:`\kappa\to0` (Chizat, Oyallon & Bach 2019).
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        Initial particles ``(m, 1 + p)``.
+    x, y : torch.Tensor
+        Data ``(n, d)`` and ``(n,)``.
+    scaling, activation : str
+        As in :func:`forward`.
+
+    Returns
+    -------
+    float
+    """
+    theta = _theta(theta)
+    x = _checks.tensor(x, "x", ndim=2)
+    y = _checks.tensor(y, "y", ndim=1)
+    _checks.same_rows(x, y, "x", "y")
+    _same(theta, x, "theta", "x")
+    m = theta.shape[0]
+    J = torch.func.jacrev(lambda t: forward(t, x, activation=activation, scaling=scaling))(theta)
+    J = J.reshape(x.shape[0], -1)
+    r = y - forward(theta, x, activation=activation, scaling=scaling)
+    delta = torch.linalg.pinv(J) @ r                      # minimum-norm solution of J delta = r
+    return float(delta.norm() / math.sqrt(m))

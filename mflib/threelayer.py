@@ -61,7 +61,7 @@ __all__ = [
     "forward", "output", "loss", "gradients", "autograd_gradients", "train", "distance",
     "coupled_training", "h2_spread", "first_layer_features", "second_layer_features",
     "lstsq_fit_error", "two_layer_init", "two_layer_output", "two_layer_gradients",
-    "train_two_layer",
+    "train_two_layer", "stack_ensembles", "pairwise_sup_gap",
 ]
 
 
@@ -966,3 +966,46 @@ def train_two_layer(params: TwoLayerParams, x: torch.Tensor, y: torch.Tensor, *,
             p.w.sub_(lr * gw)
             p.a.sub_(lr * ga)
     return p, torch.tensor(times, dtype=torch.float64), torch.stack(losses, 1)
+
+
+# ----------------------------------------------------------------------------- ensembles of MF limits
+def stack_ensembles(embeddings) -> Params:
+    r"""The ensemble networks (:meth:`Embedding.ensemble`) of several embeddings of the
+    same sizes, stacked as one batch of networks, so that :func:`train` runs them in
+    lockstep.  For independent i.i.d. embeddings of size :math:`N` this is a batch of
+    independent discretisations of the same MF limit; by Theorem 3 of Pham & Nguyen
+    (2021) each lies within :math:`O(N^{-1/2})` of it, and so do any two of them of
+    each other (their Corollary 5: the limit does not depend on the embedding).
+
+    Parameters
+    ----------
+    embeddings : sequence of Embedding
+        At least one, all of the same sizes and input dimension.
+
+    Returns
+    -------
+    Params
+        Batch ``len(embeddings)``.
+    """
+    embeddings = list(embeddings)
+    if not embeddings:
+        raise ValueError("embeddings must hold at least one Embedding")
+    for i, e in enumerate(embeddings):
+        if not isinstance(e, Embedding):
+            raise TypeError(f"embeddings[{i}] must be a threelayer.Embedding, got {type(e).__name__}")
+        if e.w1.shape != embeddings[0].w1.shape or e.sizes != embeddings[0].sizes:
+            raise ValueError(f"embeddings[{i}] has sizes {e.sizes} and d = {e.w1.shape[1]}, "
+                             f"unlike embeddings[0]")
+    return Params(torch.stack([e.w1 for e in embeddings]), torch.stack([e.w2 for e in embeddings]),
+                  torch.stack([e.w3 for e in embeddings]))
+
+
+def pairwise_sup_gap(curves: torch.Tensor) -> torch.Tensor:
+    r"""For curves :math:`L_b(t)`, rows ``b`` of ``curves`` (shape ``(B, R)``, ``B >= 2``),
+    the gaps :math:`\sup_t |L_a(t) - L_b(t)|` over all pairs :math:`a < b`, shape
+    ``(B(B-1)/2,)``."""
+    curves = _checks.tensor(curves, "curves", ndim=2)
+    if curves.shape[0] < 2:
+        raise ValueError(f"curves must hold at least 2 rows, got shape {tuple(curves.shape)}")
+    i, j = torch.triu_indices(curves.shape[0], curves.shape[0], offset=1)
+    return (curves[i] - curves[j]).abs().amax(dim=1)

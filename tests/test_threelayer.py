@@ -220,3 +220,21 @@ def test_cuda_matches_cpu():
     pc = tl.Params(s.params.w1.to(dev), s.params.w2.to(dev), s.params.w3.to(dev))
     gpu = tl.train(pc, x.to(dev), y.to(dev), lr=0.5, steps=5).params
     assert torch.allclose(gpu.w2.cpu(), cpu.w2, atol=1e-10)
+
+
+def test_stack_ensembles_and_pairwise_gaps():
+    g = torch.Generator().manual_seed(3)
+    embs = [tl.iid_embedding(3, 8, generator=g) for _ in range(3)]
+    p = tl.stack_ensembles(embs)
+    assert p.w1.shape == (3, 8, 3) and p.w2.shape == (3, 8, 8) and p.w3.shape == (3, 8)
+    torch.testing.assert_close(p.w2[1], embs[1].w2)
+    x = torch.rand(10, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(tl.output(p, x)[2], tl.output(embs[2].ensemble(), x)[0])
+    with pytest.raises(ValueError, match="embeddings"):
+        tl.stack_ensembles([embs[0], tl.iid_embedding(3, 9, generator=g)])
+    with pytest.raises(TypeError, match="embeddings"):
+        tl.stack_ensembles([embs[0], 3])
+    gaps = tl.pairwise_sup_gap(torch.tensor([[0.0, 1.0], [0.0, 3.0], [1.0, 1.0]]))
+    torch.testing.assert_close(gaps, torch.tensor([2.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="curves"):
+        tl.pairwise_sup_gap(torch.zeros(1, 4))
