@@ -57,7 +57,7 @@ from mflib.config import generator as _generator
 __all__ = ["Trajectory", "init_particles", "forward", "grad", "empirical_risk",
            "population_risk", "population_grad", "gaussian_teacher_data", "train",
            "relative_scale", "rms_displacement", "relu_kernel", "sgd_stream_distance",
-           "linearised_displacement"]
+           "linearised_displacement", "cap_particles"]
 
 ACTIVATIONS = ("relu", "sigmoid")
 SCALINGS = ("mf", "lazy")
@@ -801,3 +801,42 @@ def linearised_displacement(theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     r = y - forward(theta, x, activation=activation, scaling=scaling)
     delta = torch.linalg.pinv(J) @ r                      # minimum-norm solution of J delta = r
     return float(delta.norm() / math.sqrt(m))
+
+
+def cap_particles(m: int, d: int, *, radius: float = 1.0, generator: torch.Generator | None = None,
+                  dtype=torch.float64, device=None) -> torch.Tensor:
+    r"""Particles on the cap :math:`\{a > \lVert w\rVert\}` of the sphere of radius ``radius``
+    in :math:`\mathbb R^{1+d}`: an initialisation that *lacks diversity* in the sense of
+    Chizat & Bach (2018).
+
+    :math:`\theta_i = r(\cos\varphi_i, \sin\varphi_i\,u_i)` with :math:`u_i` uniform on the
+    unit sphere of :math:`\mathbb R^d` (every input direction is present) and
+    :math:`\varphi_i` uniform on :math:`[0, \pi/4)`.  For relu units without penalty
+    :math:`a_i^2 - \lVert w_i\rVert^2 > 0` is conserved by the gradient flow, so every
+    output weight stays positive and the network stays a convex function of :math:`x`
+    (a non-negative combination of relus): it cannot fit a teacher with output weights of
+    both signs, however wide it is.
+
+    Parameters
+    ----------
+    m, d : int
+        Number of particles and input dimension (no bias).
+    radius : float
+        Norm of every particle.
+    generator : torch.Generator, optional
+        CPU generator.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(m, 1 + d)``.
+    """
+    m = _checks.integer(m, "m", minimum=1)
+    d = _checks.integer(d, "d", minimum=1)
+    radius = _checks.real(radius, "radius", positive=True)
+    g = generator if generator is not None else _generator(0)
+    u = torch.randn(m, d, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    phi = torch.rand(m, 1, generator=g, dtype=torch.float64) * (math.pi / 4)
+    theta = radius * torch.cat([phi.cos(), phi.sin() * u], dim=1)
+    return theta.to(dtype=dtype, device=device)

@@ -61,7 +61,8 @@ __all__ = [
     "forward", "output", "loss", "gradients", "autograd_gradients", "train", "distance",
     "coupled_training", "h2_spread", "first_layer_features", "second_layer_features",
     "lstsq_fit_error", "two_layer_init", "two_layer_output", "two_layer_gradients",
-    "train_two_layer", "stack_ensembles", "pairwise_sup_gap",
+    "train_two_layer", "stack_ensembles", "pairwise_sup_gap", "w2_speed_esssup",
+    "rank_one_fraction", "sgd_noise_distance",
 ]
 
 
@@ -1009,3 +1010,74 @@ def pairwise_sup_gap(curves: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"curves must hold at least 2 rows, got shape {tuple(curves.shape)}")
     i, j = torch.triu_indices(curves.shape[0], curves.shape[0], offset=1)
     return (curves[i] - curves[j]).abs().amax(dim=1)
+
+
+def w2_speed_esssup(params: Params, x: torch.Tensor, y: torch.Tensor, *,
+                    xi2: float = 1.0, phi=("tanh", "tanh", "identity")) -> torch.Tensor:
+    r"""The convergence-mode quantity of Theorem 8 of Pham & Nguyen (2021),
+    :math:`\operatorname{ess\,sup}_{c_1}\E_{C_2}|\partial_t w_2(t, c_1, C_2)|`, for ensemble
+    networks: :math:`\partial_t w_2 = -\xi_2\,\mathrm{Grad}_2` (full batch), the mean over
+    :math:`c_2` and the maximum over :math:`c_1`; shape ``(B,)``."""
+    xi2 = _checks.real(xi2, "xi2", nonnegative=True)
+    g2 = gradients(params, x, y, phi=phi)[1]
+    return xi2 * g2.abs().mean(dim=2).amax(dim=1)
+
+
+def rank_one_fraction(m: torch.Tensor) -> float:
+    r"""Share of the squared Frobenius norm of a matrix carried by its top singular value,
+    :math:`\sigma_1^2/\sum_k\sigma_k^2` (1 for a rank-one matrix)."""
+    m = _checks.tensor(m, "m", ndim=2)
+    sv = torch.linalg.svdvals(m.double())
+    tot = float((sv ** 2).sum())
+    if tot == 0.0:
+        raise ValueError("m must not be zero")
+    return float(sv[0] ** 2) / tot
+
+
+def sgd_noise_distance(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, time: float,
+                       batch_size: int, generator: torch.Generator, records: int = 4,
+                       xi=(1.0, 1.0, 1.0), phi=("tanh", "tanh", "identity")) -> float:
+    r"""The :math:`\varepsilon^{1/2}` term of Theorem 3 of Pham & Nguyen (2021), isolated:
+    the same network trained with mini-batch SGD (``batch_size`` rows drawn with
+    replacement from ``(x, y)`` at each step, stream ``generator``) and with full-batch GD,
+    both with step ``lr`` up to ``time``; returned is
+    :math:`\max_t` of the RMS-over-neurons distance of :func:`distance` (the largest over
+    the three layers), at ``records`` equally spaced times.  The width part of the theorem
+    cancels (same network, same indices), the Euler error is common to both, and what
+    remains is the fluctuation of SGD around its mean, of order
+    :math:`(\varepsilon/B)^{1/2}`.
+
+    Parameters
+    ----------
+    params : Params
+        One network (batch 1), e.g. :meth:`Embedding.ensemble`.
+    lr, time : float
+        Step :math:`\varepsilon` and horizon :math:`T` (``round(time / lr)`` steps).
+    batch_size : int
+        Mini-batch size :math:`B`.
+    generator : torch.Generator
+        Stream of the mini-batches.
+    records : int
+        Number of times at which the distance is measured.
+
+    Returns
+    -------
+    float
+    """
+    _check_params(params)
+    if params.w1.shape[0] != 1:
+        raise ValueError(f"params must hold one network, got a batch of {params.w1.shape[0]}")
+    lr = _checks.real(lr, "lr", positive=True)
+    time = _checks.real(time, "time", positive=True)
+    records = _checks.integer(records, "records", minimum=1)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    steps = max(1, int(round(time / lr)))
+    snaps = sorted({max(1, int(round(steps * (i + 1) / records))) for i in range(records)})
+    sgd = train(params, x, y, lr=lr, steps=steps, xi=xi, batch_size=batch_size, generator=generator,
+                record_every=steps, phi=phi, snapshots=snaps)
+    gd = train(params, x, y, lr=lr, steps=steps, xi=xi, record_every=steps, phi=phi, snapshots=snaps)
+    n1, n2 = params.widths
+    c1 = torch.arange(n1, device=params.w1.device)[None]
+    c2 = torch.arange(n2, device=params.w1.device)[None]
+    return max(float(_distance(sgd.snapshots[k], gd.snapshots[k], c1, c2)[0][0]) for k in snaps)

@@ -258,3 +258,15 @@ def test_linearised_displacement_matches_gd_on_the_linear_model():
     for _ in range(20000):                      # GD on the linearised model, from delta = 0
         delta -= lr * J.T @ (J @ delta - r0)
     assert math.isclose(pred, float(delta.norm() / math.sqrt(30)), rel_tol=1e-6)
+
+
+def test_cap_particles_keep_positive_output_weights():
+    th = mfm.cap_particles(50, 4, radius=0.5, generator=mflib.generator(1))
+    assert th.shape == (50, 5)
+    torch.testing.assert_close(th.norm(dim=1), torch.full((50,), 0.5, dtype=torch.float64))
+    assert bool((th[:, 0] > th[:, 1:].norm(dim=1)).all())
+    te = mfm.init_particles(3, 4, out_weight="sign", generator=mflib.generator(2))
+    tr = mfm.train(th, steps=300, lr=1.0, method="population", teacher=te, keep_thetas=False)
+    assert bool((tr.theta[:, 0] > 0).all())        # a^2 - |w|^2 > 0 is conserved
+    with pytest.raises(ValueError, match="radius"):
+        mfm.cap_particles(5, 2, radius=0.0)
