@@ -230,7 +230,7 @@ def _gen(generator):
 
 
 def _first_layer_table(d, size, w1_mean, w1_std, generator):
-    """Check the arguments shared by the embedding constructors and draw the
+    r"""Check the arguments shared by the embedding constructors and draw the
     first-layer table :math:`w_1^0 \sim \mathcal N(\text{w1\_mean}\,\mathbb 1,
     \text{w1\_std}^2 I_d)`; returns ``(N1, N2, generator, w1)``."""
     d = _checks.integer(d, "d", minimum=1)
