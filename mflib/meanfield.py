@@ -55,7 +55,8 @@ from mflib._checks import Diverged
 
 __all__ = ["Trajectory", "init_particles", "forward", "grad", "empirical_risk",
            "population_risk", "population_grad", "gaussian_teacher_data", "train",
-           "relative_scale", "rms_displacement", "relu_kernel"]
+           "relative_scale", "rms_displacement", "relu_kernel", "sgd_stream_distance",
+           "linearised_displacement", "cap_particles"]
 
 ACTIVATIONS = ("relu", "sigmoid")
 SCALINGS = ("mf", "lazy")
@@ -753,3 +754,161 @@ def relu_kernel(x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str =
     if kind == "ntk":
         k = k + s12 * arccos._kappa0(theta)
     return _checks.finite_result(k, "the kernel", "x1 or x2 (their scale)")
+
+
+def sgd_stream_distance(theta: torch.Tensor, teacher: torch.Tensor, x_eval: torch.Tensor, *,
+                        lr: float, time: float, batch: int, seeds=(0, 1), records: int = 9,
+                        activation: str = "relu") -> float:
+    r"""The SGD-noise part of the mean-field limit of SGD: the squared distance
+    between two online-SGD runs from the *same* particles with independent
+    sample streams,
+
+    .. math::
+
+       D^2_\eta = \sup_{t\le T}\ \frac1{n}\sum_{k=1}^{n}\bigl(h(\theta^{A}_{t}, x_k) - h(\theta^{B}_{t}, x_k)\bigr)^2 .
+
+    The common initial particles remove the :math:`1/m` part of the bound of
+    Mei, Montanari & Nguyen (2018), :math:`\max\{\eta, 1/m\}`; what is left is
+    the fluctuation of SGD around its mean, of variance :math:`O(\eta/B)` per
+    unit time in the diffusion approximation, so :math:`D^2_\eta \propto \eta/B`.
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        Initial particles ``(m, 1 + d)`` (mean-field scaling, no bias).
+    teacher : torch.Tensor
+        Teacher particles; fresh inputs :math:`x\sim\mathcal N(0, I_d)` are labelled by it.
+    x_eval : torch.Tensor
+        Points ``(n, d)`` on which the distance is measured.
+    lr : float
+        Time step :math:`\eta`.
+    time : float
+        Horizon :math:`T`; the runs take ``round(time / lr)`` steps.
+    batch : int
+        Mini-batch size :math:`B`.
+    seeds : pair of int
+        Seeds of the two sample streams (distinct for independent streams).
+    records : int
+        Number of equally spaced times at which the distance is measured.
+    activation : str
+        ``"relu"`` or ``"sigmoid"``.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    mflib.Diverged
+        If a run diverges.
+    """
+    theta = _theta(theta)
+    x_eval = _checks.tensor(x_eval, "x_eval", ndim=2)
+    _same(theta, x_eval, "theta", "x_eval")
+    lr = _checks.real(lr, "lr", positive=True)
+    time = _checks.real(time, "time", positive=True)
+    if x_eval.shape[0] < 1:
+        raise ValueError("x_eval must hold at least one point")
+    batch = _checks.size(batch, "batch")
+    if not isinstance(seeds, (tuple, list)) or len(seeds) != 2:
+        raise TypeError("seeds must be a pair of integers")
+    seeds = [_checks.seed(s, "seeds") for s in seeds]
+    ratio = time / lr
+    if not ratio <= _checks.MAX_SIZE:
+        raise ValueError(f"time / lr = {ratio:.3g} steps: more than the {_checks.MAX_SIZE} one call may "
+                         f"take (raise lr or lower time)")
+    steps = max(1, int(round(ratio)))
+    records = _checks.size(records, "records", minimum=2, maximum=10_000)  # duplicates merged below
+    _checks.budget(10.0 * steps * batch * theta.numel(), "time / lr, batch and theta")
+    rec = torch.linspace(0, steps, records).round().long().unique().tolist()
+    outs = []
+    for s in seeds:
+        try:
+            tr = train(theta, steps=steps, lr=lr, method="sgd", teacher=teacher, batch=batch,
+                       activation=activation, record=rec, on_diverge="raise",
+                       generator=_checks.generator(None, default_seed=s))
+        except ValueError as err:
+            raise ValueError(f"theta, teacher or lr out of range: {err}") from err
+        outs.append(torch.stack([forward(t, x_eval, activation=activation) for t in tr.thetas]))
+    dist = float(((outs[0] - outs[1]) ** 2).mean(1).max())
+    return _checks.finite_result(dist, "the distance", "x_eval, theta or teacher (their scale)")
+
+
+def linearised_displacement(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+                            scaling: str = "lazy", activation: str = "relu") -> float:
+    r"""Root-mean-square particle displacement of the *linearised* model fitted
+    from ``theta``: gradient descent on
+    :math:`h(\theta_0) + Dh(\theta_0)(\theta - \theta_0)` started at
+    :math:`\theta_0` stays in the row space of :math:`J = Dh(\theta_0)` and, when
+    :math:`J` has full row rank, converges to the minimum-norm change
+    :math:`\Delta = J^+(y - h(\theta_0))`; returned is
+    :math:`\lVert\Delta\rVert/\sqrt m`, which lazy training approaches as
+    :math:`\kappa\to0` (Chizat, Oyallon & Bach 2019).
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        Initial particles ``(m, 1 + p)``.
+    x, y : torch.Tensor
+        Data ``(n, d)`` and ``(n,)``.
+    scaling, activation : str
+        As in :func:`forward`.
+
+    Returns
+    -------
+    float
+    """
+    theta = _theta(theta)
+    x = _checks.tensor(x, "x", ndim=2)
+    y = _checks.tensor(y, "y", ndim=1)
+    _checks.same_rows(x, y, "x", "y")
+    _same(theta, x, "theta", "x")
+    m = theta.shape[0]
+    J = torch.func.jacrev(lambda t: forward(t, x, activation=activation, scaling=scaling))(theta)
+    J = J.reshape(x.shape[0], -1)
+    r = y - forward(theta, x, activation=activation, scaling=scaling)
+    delta = torch.linalg.pinv(J) @ r                      # minimum-norm solution of J delta = r
+    return _checks.finite_result(float(delta.norm() / math.sqrt(m)), "the displacement",
+                                 "theta, x or y (their scale)")
+
+
+def cap_particles(m: int, d: int, *, radius: float = 1.0, generator: torch.Generator | None = None,
+                  dtype=torch.float64, device=None) -> torch.Tensor:
+    r"""Particles on the cap :math:`\{a > \lVert w\rVert\}` of the sphere of radius ``radius``
+    in :math:`\mathbb R^{1+d}`: an initialisation that *lacks diversity* in the sense of
+    Chizat & Bach (2018).
+
+    :math:`\theta_i = r(\cos\varphi_i, \sin\varphi_i\,u_i)` with :math:`u_i` uniform on the
+    unit sphere of :math:`\mathbb R^d` (every input direction is present) and
+    :math:`\varphi_i` uniform on :math:`[0, \pi/4)`.  For relu units without penalty
+    :math:`a_i^2 - \lVert w_i\rVert^2 > 0` is conserved by the gradient flow, so every
+    output weight stays positive and the network stays a convex function of :math:`x`
+    (a non-negative combination of relus): it cannot fit a teacher with output weights of
+    both signs, however wide it is.
+
+    Parameters
+    ----------
+    m, d : int
+        Number of particles and input dimension (no bias).
+    radius : float
+        Norm of every particle.
+    generator : torch.Generator, optional
+        CPU generator.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(m, 1 + d)``.
+    """
+    m = _checks.size(m, "m")
+    d = _checks.size(d, "d")
+    _checks.elements(m * (d + 1), "m and d")
+    radius = _checks.real(radius, "radius", positive=True)
+    g = _checks.generator(generator)
+    dtype = _checks.dtype(dtype, default=torch.float64)
+    device = _checks.device(device)
+    u = torch.randn(m, d, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    phi = torch.rand(m, 1, generator=g, dtype=torch.float64) * (math.pi / 4)
+    theta = radius * torch.cat([phi.cos(), phi.sin() * u], dim=1)
+    return theta.to(dtype=dtype, device=device)

@@ -61,7 +61,8 @@ __all__ = [
     "forward", "output", "loss", "gradients", "autograd_gradients", "train", "distance",
     "coupled_training", "h2_spread", "first_layer_features", "second_layer_features",
     "lstsq_fit_error", "two_layer_init", "two_layer_output", "two_layer_gradients",
-    "train_two_layer",
+    "train_two_layer", "stack_ensembles", "pairwise_sup_gap", "w2_speed_esssup",
+    "rank_one_fraction", "sgd_noise_distance",
 ]
 
 
@@ -1070,3 +1071,131 @@ def train_two_layer(params: TwoLayerParams, x: torch.Tensor, y: torch.Tensor, *,
             p.w.sub_(lr * gw)
             p.a.sub_(lr * ga)
     return p, torch.tensor(times, dtype=torch.float64), torch.stack(losses, 1)
+
+
+# ----------------------------------------------------------------------------- ensembles of MF limits
+def _steps_of(time: float, lr: float) -> int:
+    """``round(time / lr)`` (at least 1) Euler steps, refused with both arguments named
+    when there are more than a call can take."""
+    ratio = time / lr
+    if not ratio <= _checks.MAX_SIZE:
+        raise ValueError(f"time / lr = {ratio:.3g} steps: more than the {_checks.MAX_SIZE} one call may "
+                         f"take (raise lr or lower time)")
+    return max(1, int(round(ratio)))
+
+
+def stack_ensembles(embeddings) -> Params:
+    r"""The ensemble networks (:meth:`Embedding.ensemble`) of several embeddings of the
+    same sizes, stacked as one batch of networks, so that :func:`train` runs them in
+    lockstep.  For independent i.i.d. embeddings of size :math:`N` this is a batch of
+    independent discretisations of the same MF limit; by Theorem 3 of Pham & Nguyen
+    (2021) each lies within :math:`O(N^{-1/2})` of it, and so do any two of them of
+    each other (their Corollary 5: the limit does not depend on the embedding).
+
+    Parameters
+    ----------
+    embeddings : sequence of Embedding
+        At least one, all of the same sizes and input dimension.
+
+    Returns
+    -------
+    Params
+        Batch ``len(embeddings)``.
+    """
+    if not isinstance(embeddings, (list, tuple)):
+        raise TypeError(f"embeddings must be a list or tuple of Embedding, got {type(embeddings).__name__}")
+    embeddings = list(embeddings)
+    if not embeddings:
+        raise ValueError("embeddings must hold at least one Embedding")
+    for i, e in enumerate(embeddings):
+        if not isinstance(e, Embedding):
+            raise TypeError(f"embeddings[{i}] must be a threelayer.Embedding, got {type(e).__name__}")
+        if e.w1.shape != embeddings[0].w1.shape or e.sizes != embeddings[0].sizes:
+            raise ValueError(f"embeddings[{i}] has sizes {e.sizes} and d = {e.w1.shape[1]}, "
+                             f"unlike embeddings[0]")
+    return Params(torch.stack([e.w1 for e in embeddings]), torch.stack([e.w2 for e in embeddings]),
+                  torch.stack([e.w3 for e in embeddings]))
+
+
+def pairwise_sup_gap(curves: torch.Tensor) -> torch.Tensor:
+    r"""For curves :math:`L_b(t)`, rows ``b`` of ``curves`` (shape ``(B, R)``, ``B >= 2``),
+    the gaps :math:`\sup_t |L_a(t) - L_b(t)|` over all pairs :math:`a < b`, shape
+    ``(B(B-1)/2,)``."""
+    curves = _checks.tensor(curves, "curves", ndim=2)
+    if curves.shape[0] < 2:
+        raise ValueError(f"curves must hold at least 2 rows, got shape {tuple(curves.shape)}")
+    i, j = torch.triu_indices(curves.shape[0], curves.shape[0], offset=1)
+    return (curves[i] - curves[j]).abs().amax(dim=1)
+
+
+def w2_speed_esssup(params: Params, x: torch.Tensor, y: torch.Tensor, *,
+                    xi2: float = 1.0, phi=("tanh", "tanh", "identity")) -> torch.Tensor:
+    r"""The convergence-mode quantity of Theorem 8 of Pham & Nguyen (2021),
+    :math:`\operatorname{ess\,sup}_{c_1}\E_{C_2}|\partial_t w_2(t, c_1, C_2)|`, for ensemble
+    networks: :math:`\partial_t w_2 = -\xi_2\,\mathrm{Grad}_2` (full batch), the mean over
+    :math:`c_2` and the maximum over :math:`c_1`; shape ``(B,)``."""
+    xi2 = _checks.real(xi2, "xi2", nonnegative=True)
+    g2 = gradients(params, x, y, phi=phi)[1]
+    return xi2 * g2.abs().mean(dim=2).amax(dim=1)
+
+
+def rank_one_fraction(m: torch.Tensor) -> float:
+    r"""Share of the squared Frobenius norm of a matrix carried by its top singular value,
+    :math:`\sigma_1^2/\sum_k\sigma_k^2` (1 for a rank-one matrix)."""
+    m = _checks.tensor(m, "m", ndim=2)
+    scale = float(m.abs().max()) if m.numel() else 0.0
+    sv = torch.linalg.svdvals(m.double() / (scale if scale > 0 else 1.0))  # scale-free: no overflow
+    tot = float((sv ** 2).sum())
+    if tot == 0.0:
+        raise ValueError("m must not be zero")
+    return float(sv[0] ** 2) / tot
+
+
+def sgd_noise_distance(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, time: float,
+                       batch_size: int, generator: torch.Generator, records: int = 4,
+                       xi=(1.0, 1.0, 1.0), phi=("tanh", "tanh", "identity")) -> float:
+    r"""The :math:`\varepsilon^{1/2}` term of Theorem 3 of Pham & Nguyen (2021), isolated:
+    the same network trained with mini-batch SGD (``batch_size`` rows drawn with
+    replacement from ``(x, y)`` at each step, stream ``generator``) and with full-batch GD,
+    both with step ``lr`` up to ``time``; returned is
+    :math:`\max_t` of the RMS-over-neurons distance of :func:`distance` (the largest over
+    the three layers), at ``records`` equally spaced times.  The width part of the theorem
+    cancels (same network, same indices), the Euler error is common to both, and what
+    remains is the fluctuation of SGD around its mean, of order
+    :math:`(\varepsilon/B)^{1/2}`.
+
+    Parameters
+    ----------
+    params : Params
+        One network (batch 1), e.g. :meth:`Embedding.ensemble`.
+    lr, time : float
+        Step :math:`\varepsilon` and horizon :math:`T` (``round(time / lr)`` steps).
+    batch_size : int
+        Mini-batch size :math:`B`.
+    generator : torch.Generator
+        Stream of the mini-batches.
+    records : int
+        Number of times at which the distance is measured.
+
+    Returns
+    -------
+    float
+    """
+    _check_params(params)
+    if params.w1.shape[0] != 1:
+        raise ValueError(f"params must hold one network, got a batch of {params.w1.shape[0]}")
+    lr = _checks.real(lr, "lr", positive=True)
+    time = _checks.real(time, "time", positive=True)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    batch_size = _checks.size(batch_size, "batch_size")
+    steps = _steps_of(time, lr)
+    records = _checks.size(records, "records", maximum=10_000)  # duplicates merged below
+    snaps = sorted({max(1, int(round(steps * (i + 1) / records))) for i in range(records)})
+    sgd = train(params, x, y, lr=lr, steps=steps, xi=xi, batch_size=batch_size, generator=generator,
+                record_every=steps, phi=phi, snapshots=snaps)
+    gd = train(params, x, y, lr=lr, steps=steps, xi=xi, record_every=steps, phi=phi, snapshots=snaps)
+    n1, n2 = params.widths
+    c1 = torch.arange(n1, device=params.w1.device)[None]
+    c2 = torch.arange(n2, device=params.w1.device)[None]
+    return max(float(_distance(sgd.snapshots[k], gd.snapshots[k], c1, c2)[0][0]) for k in snaps)

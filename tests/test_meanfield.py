@@ -229,3 +229,44 @@ def test_scaling_exponent_interpolates_mf_and_lazy():
         mfm.forward(th, x, scaling=0.2)
     with pytest.raises(ValueError, match="scaling"):
         mfm.forward(th, x, scaling="ntk")
+
+
+def test_sgd_stream_distance_zero_for_one_stream_and_grows_with_step():
+    th, te, g = _setup(d=4, m=40, k=2, seed=3)
+    xe = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    same = mfm.sgd_stream_distance(th, te, xe, lr=0.05, time=1.0, batch=8, seeds=(5, 5))
+    assert same == 0.0
+    d = [mfm.sgd_stream_distance(th, te, xe, lr=lr, time=1.0, batch=8, seeds=(5, 6))
+         for lr in (0.01, 0.04)]
+    assert 0 < d[0] < d[1]
+    with pytest.raises(TypeError, match="seeds"):
+        mfm.sgd_stream_distance(th, te, xe, lr=0.05, time=1.0, batch=8, seeds=5)
+    with pytest.raises(ValueError, match="time"):
+        mfm.sgd_stream_distance(th, te, xe, lr=0.05, time=-1.0, batch=8)
+
+
+def test_linearised_displacement_matches_gd_on_the_linear_model():
+    g = mflib.generator(4)
+    th = mfm.init_particles(30, 2, generator=g)
+    x = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(6, generator=g, dtype=torch.float64)
+    pred = mfm.linearised_displacement(th, x, y)
+    J = torch.func.jacrev(lambda t: mfm.forward(t, x, scaling="lazy"))(th).reshape(6, -1)
+    r0 = y - mfm.forward(th, x, scaling="lazy")
+    lr = 1 / float(torch.linalg.matrix_norm(J, ord=2)) ** 2
+    delta = torch.zeros(J.shape[1], dtype=torch.float64)
+    for _ in range(20000):                      # GD on the linearised model, from delta = 0
+        delta -= lr * J.T @ (J @ delta - r0)
+    assert math.isclose(pred, float(delta.norm() / math.sqrt(30)), rel_tol=1e-6)
+
+
+def test_cap_particles_keep_positive_output_weights():
+    th = mfm.cap_particles(50, 4, radius=0.5, generator=mflib.generator(1))
+    assert th.shape == (50, 5)
+    torch.testing.assert_close(th.norm(dim=1), torch.full((50,), 0.5, dtype=torch.float64))
+    assert bool((th[:, 0] > th[:, 1:].norm(dim=1)).all())
+    te = mfm.init_particles(3, 4, out_weight="sign", generator=mflib.generator(2))
+    tr = mfm.train(th, steps=300, lr=1.0, method="population", teacher=te, keep_thetas=False)
+    assert bool((tr.theta[:, 0] > 0).all())        # a^2 - |w|^2 > 0 is conserved
+    with pytest.raises(ValueError, match="radius"):
+        mfm.cap_particles(5, 2, radius=0.0)

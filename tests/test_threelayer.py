@@ -244,3 +244,48 @@ def test_distance_buffers_and_finite_check():
         q = p.clone()
         q.w2[1, 2, 3] = bad
         assert not tl._finite(q)
+
+
+def test_stack_ensembles_and_pairwise_gaps():
+    g = torch.Generator().manual_seed(3)
+    embs = [tl.iid_embedding(3, 8, generator=g) for _ in range(3)]
+    p = tl.stack_ensembles(embs)
+    assert p.w1.shape == (3, 8, 3) and p.w2.shape == (3, 8, 8) and p.w3.shape == (3, 8)
+    torch.testing.assert_close(p.w2[1], embs[1].w2)
+    x = torch.rand(10, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(tl.output(p, x)[2], tl.output(embs[2].ensemble(), x)[0])
+    with pytest.raises(ValueError, match="embeddings"):
+        tl.stack_ensembles([embs[0], tl.iid_embedding(3, 9, generator=g)])
+    with pytest.raises(TypeError, match="embeddings"):
+        tl.stack_ensembles([embs[0], 3])
+    gaps = tl.pairwise_sup_gap(torch.tensor([[0.0, 1.0], [0.0, 3.0], [1.0, 1.0]]))
+    torch.testing.assert_close(gaps, torch.tensor([2.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="curves"):
+        tl.pairwise_sup_gap(torch.zeros(1, 4))
+
+
+def test_w2_speed_esssup_and_rank_one_fraction():
+    g = torch.Generator().manual_seed(5)
+    p = tl.iid_embedding(3, 6, generator=g).ensemble()
+    x = torch.rand(7, 3, generator=g, dtype=torch.float64)
+    y = torch.rand(7, generator=g, dtype=torch.float64)
+    g2 = tl.gradients(p, x, y)[1][0]
+    torch.testing.assert_close(tl.w2_speed_esssup(p, x, y), g2.abs().mean(1).max()[None])
+    assert float(tl.w2_speed_esssup(p, x, y, xi2=0.0)) == 0.0
+    u, v = torch.rand(5, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    assert math.isclose(tl.rank_one_fraction(torch.outer(u, v)), 1.0, rel_tol=1e-12)
+    assert math.isclose(tl.rank_one_fraction(torch.eye(4, dtype=torch.float64)), 0.25, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="m"):
+        tl.rank_one_fraction(torch.zeros(3, 3))
+
+
+def test_sgd_noise_distance_vanishes_for_full_batches_and_grows_with_step():
+    g = torch.Generator().manual_seed(6)
+    p = tl.iid_embedding(3, 8, generator=g).ensemble()
+    x = torch.rand(16, 3, generator=g, dtype=torch.float64)
+    y = torch.rand(16, generator=g, dtype=torch.float64)
+    d = [tl.sgd_noise_distance(p, x, y, lr=lr, time=2.0, batch_size=2,
+                               generator=torch.Generator().manual_seed(1)) for lr in (0.05, 0.5)]
+    assert 0 < d[0] < d[1]
+    with pytest.raises(TypeError, match="generator"):
+        tl.sgd_noise_distance(p, x, y, lr=0.1, time=1.0, batch_size=2, generator=None)
