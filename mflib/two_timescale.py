@@ -476,8 +476,8 @@ def _terms(a, u, target, eta):
     return loss, ga, gu, hu, G, b, (Dm, c, Em, e, M)
 
 
-def _gu_hu(a, coup, eta):
-    """grad_u R and the diagonal of the u-Hessian at outer weights ``a`` (shape
+def _gu_hu(a, coup, eta, hessian=True):
+    """grad_u R (and the diagonal of the u-Hessian) at outer weights ``a`` (shape
     ``(B, m + 1)`` or ``(B, S, m + 1)``) and the frozen positions of ``coup``:
     both are polynomials in ``a`` (quadratic), so no quadrature is needed."""
     Dm, c, Em, e, M = coup
@@ -485,8 +485,9 @@ def _gu_hu(a, coup, eta):
         Dm, c, Em, e, M = Dm[:, None], c[:, None], Em[:, None], e[:, None], M[:, None]
     aj = a[..., 1:]
     gu = -2 * aj / eta * ((Dm @ a[..., None])[..., 0] - c)
-    hu = 2 * aj ** 2 / eta ** 2 * M + 2 * aj / eta ** 2 * ((Em @ a[..., None])[..., 0] - e)
-    return gu, hu
+    if not hessian:
+        return gu
+    return gu, 2 * aj ** 2 / eta ** 2 * M + 2 * aj / eta ** 2 * ((Em @ a[..., None])[..., 0] - e)
 
 
 # nodes (fractions of the step) and weights of the quadrature in time of grad_u R along the
@@ -605,19 +606,18 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             qw = torch.as_tensor(_LAYER_WEIGHTS, dtype=u.dtype, device=u.device)
 
             def flow(dt):
-                # a, grad_u R and the u-Hessian diagonal at the quadrature nodes of [0, dt]
+                # a and grad_u R at the quadrature nodes of [0, dt]
                 h = (dt.to(u) / epsa)[:, None, None] * nodes[:, None]          # (B, S, 1) in t
                 lh = lam[:, None, :] * h
                 ph = torch.where(lh > 1e-12, -torch.expm1(-2 * lh) / lam[:, None, :].clamp(min=1e-300),
                                  2 * h)
                 a_s = aa[:, None, :] - (ph * gvec[:, None, :]) @ V.transpose(1, 2)
-                g_s, h_s = _gu_hu(a_s, coup, eta)
-                return a_s, g_s, h_s
+                return a_s, _gu_hu(a_s, coup, eta, hessian=False)
 
             # the step bounds the displacement over the whole step: speed at every node of the
             # a-flow (a moving fast changes grad_u R), not only at the start
             for _ in range(200):
-                a_s, g_s, h_s = flow(dtau)
+                a_s, g_s = flow(dtau)
                 smax = g_s.abs().amax((1, 2)).cpu()
                 bad = live_a & (dtau * smax > max_disp * eta * (1 + 1e-9))
                 if not bool(bad.any()):
@@ -628,9 +628,10 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             grown[act] = grown[act] | live_a
             if bool((dtau > dt_rec).any()):     # land on the next record: shorten this step
                 dtau = torch.minimum(dtau, dt_rec)
-                a_s, g_s, h_s = flow(dtau)
+                a_s, g_s = flow(dtau)
             gbar = (qw[:, None] * g_s).sum(1)                 # mean of grad_u R over the step
-            hend, a_end = h_s[:, -1], a_s[:, -1]
+            a_end = a_s[:, -1]
+            hend = _gu_hu(a_end, coup, eta)[1]
         dt_dev = dtau.to(u)
         prev_u, prev_a = u, a
         # u: linearly implicit (diagonal) Euler, stable for the stiff neurons sitting on a jump,
