@@ -668,14 +668,25 @@ def train_population(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta
     which is the mean dynamics of the online SGD of the paper (its small-step
     limit), up to slow time :math:`\tau=\varepsilon t=\tau_{\max}`.
 
-    Integrator (in :math:`\tau`, one step size per run): the :math:`a`-flow is
-    linear at frozen :math:`u`, :math:`\dot a=-2(Ga-b)`, and is integrated
-    *exactly* over :math:`\Delta t=\Delta\tau/\varepsilon` (eigendecomposition of
-    the Gram matrix :math:`G`), so the fast time scale puts no limit on the
-    step; :math:`u` takes a linearly implicit Euler step with the diagonal of
-    :math:`\nabla_u^2R`, stable for the stiff neurons that sit on a jump.  The
-    step is the largest with :math:`\Delta\tau\,\max_j|\partial_{u_j}R|\le`
-    ``max_disp`` :math:`\cdot\,\eta` and at most the spacing of the records.
+    Integrator (in :math:`\tau`, one step size per run, first order): the
+    :math:`a`-flow is linear at frozen :math:`u`, :math:`\dot a=-2(Ga-b)`, and
+    is integrated *exactly* over :math:`\Delta t=\Delta\tau/\varepsilon`
+    (eigendecomposition of the Gram matrix :math:`G`), so the fast time scale
+    puts no limit on the step.  :math:`u` takes a linearly implicit Euler step
+    with the diagonal of :math:`\nabla_u^2R`, stable for the stiff neurons that
+    sit on a jump, in which :math:`\nabla_uR` is its *mean along that
+    a-flow* over the step (:math:`\nabla_uR` is a quadratic polynomial in
+    :math:`a` at frozen :math:`u`; the mean is a Gauss--Legendre rule on
+    geometrically graded pieces of the step, which resolves the boundary layer
+    of a fast :math:`a`), and the Hessian diagonal is the one at the end of the
+    step.  The step is the largest with :math:`\Delta\tau\,\max_j|\partial_{u_j}
+    R|\le` ``max_disp`` :math:`\cdot\,\eta`, where the maximum is taken at every
+    node of the a-flow over the step (a moving :math:`a` changes the speed of
+    the neurons: from :math:`a=0`, where :math:`\nabla_uR=0`, the first step
+    already moves them) and which is at most 4 times the previous step.  The
+    records only shorten the step that would cross one, so that it lands on
+    it; the trajectory does not depend on ``n_records`` beyond that (an error
+    of order ``max_disp``).
 
     Parameters
     ----------
@@ -734,7 +745,10 @@ def train_limit(u0: torch.Tensor, target: StepTarget, eta: float, tau_max: float
         \frac{du}{d\tau} = -\nabla_u R(a^*(u),u)
 
     (by the envelope theorem this is also :math:`-\nabla_u\min_a R(a,u)`),
-    integrated with the same :math:`u`-steps as :func:`train_population`.
+    integrated with the same :math:`u`-steps as :func:`train_population`
+    (:math:`\Delta\tau\,\max_j|\partial_{u_j}R|\le` ``max_disp``
+    :math:`\cdot\,\eta`; the records only shorten the step that would cross
+    one).
     """
     eta = _eta(eta)
     _checks.tensor(u0, "u0", ndim=(1, 2), nonempty=True)
