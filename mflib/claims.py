@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 
@@ -309,14 +309,17 @@ def _parameter_value(value):
     items = value if isinstance(value, (list, tuple)) else [value]
     if isinstance(value, (list, tuple)) and not value:
         raise ValueError("value must not be an empty sequence")
+    out = []
     for v in items:
         if isinstance(v, str):
+            out.append(v)
             continue
         if isinstance(v, bool) or not isinstance(v, Real):
             raise TypeError(f"value must be a number, a string or a flat sequence of those, got {type(v).__name__}")
         if not math.isfinite(float(v)):
             raise ValueError(f"value must be finite, got {v}")
-    return value
+        out.append(int(v) if isinstance(v, Integral) else float(v))  # numpy scalars shown as plain numbers
+    return type(value)(out) if isinstance(value, (list, tuple)) else out[0]
 
 
 def ledger() -> list[Claim]:

@@ -33,7 +33,8 @@ import torch
 from mflib import _checks
 from mflib import losses as _losses
 
-__all__ = ["predict", "objective", "ridge", "smoothness", "Run", "sgd"]
+__all__ = ["predict", "objective", "ridge", "smoothness", "Run", "sgd", "SGDMoments", "sgd_moments",
+           "sgd_floor"]
 
 
 def _xy(x, y):
@@ -327,3 +328,152 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
     return Run(w=iterates[-1], steps=steps_t, grad_evals=steps_t * per_step,
                objective=torch.stack(values).detach(), iterates=torch.stack(iterates),
                diverged=diverged)
+
+
+@dataclass(frozen=True)
+class SGDMoments:
+    r"""Exact expected optimisation gap of single-sample SGD on ridge regression.
+
+    Attributes
+    ----------
+    steps : torch.Tensor
+        The recorded steps (as in :class:`Run`).
+    gap : torch.Tensor
+        :math:`\mathbb E\,F(w_k) - \min F` at those steps.
+    rel_sd : torch.Tensor
+        Relative standard deviation of :math:`F(w_k) - \min F` for one run, in
+        the Gaussian approximation of the error :math:`w_k - w^\star_\lambda`:
+        :math:`\sqrt{\tfrac12\operatorname{tr}((H\Sigma_k)^2) + \mu_k^\top H\Sigma_kH\mu_k}`
+        over the mean, with :math:`\Sigma_k = M_k - \mu_k\mu_k^\top`.
+    """
+
+    steps: torch.Tensor
+    gap: torch.Tensor
+    rel_sd: torch.Tensor
+
+
+def _sgd_operators(x, y, lam, w_star):
+    n, p = x.shape
+    eye = torch.eye(p, dtype=x.dtype, device=x.device)
+    S = x.T @ x / n
+    H = S + lam * eye
+    z = (x[:, :, None] * x[:, None, :]).reshape(n, p * p)          # rows x_i (x) x_i
+    EAA = z.T @ z / n + lam * (torch.kron(S, eye) + torch.kron(eye, S)) + lam ** 2 * torch.eye(
+        p * p, dtype=x.dtype, device=x.device)                     # E[A_i (x) A_i]
+    g = x * (x @ w_star - y)[:, None] + lam * w_star                # per-sample gradients at w*
+    G = g.T @ g / n
+    return H, EAA, g, G
+
+
+def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float) -> float:
+    r"""Stationary expected gap :math:`\lim_k \mathbb E\,F(w_k) - \min F` of SGD with
+    one sample drawn uniformly with replacement per step and a constant step
+    :math:`\eta`, on the ridge objective (square loss), in closed form.
+
+    With :math:`A_i = x_ix_i^\top + \lambda I`, :math:`g_i = \nabla f_i(w^\star_\lambda)`
+    (mean zero) and :math:`e_k = w_k - w^\star_\lambda`, the update is
+    :math:`e_{k+1} = (I - \eta A_{i_k})e_k - \eta g_{i_k}`; the second moment
+    :math:`M = \lim \mathbb E\,e_ke_k^\top` solves the linear equation
+
+    .. math::
+
+       HM + MH - \eta\,\mathbb E[A_iMA_i] = \eta\,\mathbb E[g_ig_i^\top],
+
+    and the floor is :math:`\tfrac12\operatorname{tr}(HM)` (Bach & Moulines,
+    2013, for the same recursion).  The floor is :math:`\tfrac\eta4\operatorname{tr}\,\mathbb E[g_ig_i^\top] + O(\eta^2)`.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Design ``(n, p)`` and responses ``(n,)``; :math:`p^2` unknowns are solved for.
+    lam : float
+        :math:`\lambda \ge 0` (with :math:`H = \frac1n X^\top X + \lambda I` invertible).
+    step : float
+        :math:`\eta > 0`, small enough for the second moment to be stable.
+
+    Raises
+    ------
+    ValueError
+        If the second moment is unstable at this step (no finite floor).
+    """
+    x, y = _xy(x, y)
+    lam = _checks.real(lam, "lam", nonnegative=True)
+    step = _checks.real(step, "step", positive=True)
+    p = x.shape[1]
+    H, EAA, _, G = _sgd_operators(x, y, lam, ridge(x, y, lam))
+    eye = torch.eye(p, dtype=x.dtype, device=x.device)
+    op = torch.kron(H, eye) + torch.kron(eye, H) - step * EAA
+    if float(torch.linalg.eigvals(op).real.min()) <= 0:
+        raise ValueError(f"step={step} is too large for lam={lam} and x: the second moment of SGD diverges")
+    M = torch.linalg.solve(op, step * G.reshape(-1)).reshape(p, p)
+    return _checks.finite_result(float(0.5 * torch.trace(H @ M)), "the SGD floor", "x or y (their scale)")
+
+
+def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_steps: int,
+                w0: torch.Tensor | None = None, record_every: int = 1) -> SGDMoments:
+    r"""Exact expected gap of single-sample SGD (uniform, with replacement; the
+    process of :func:`sgd` with ``batch_size=1``) on the ridge objective, by the
+    recursions for the mean :math:`\mu_k = \mathbb E\,e_k` and the second moment
+    :math:`M_k = \mathbb E\,e_ke_k^\top` of the error :math:`e_k = w_k - w^\star_\lambda`:
+
+    .. math::
+
+       \mu_{k+1} = (I - \eta H)\mu_k, \qquad
+       M_{k+1} = \mathbb E[(I-\eta A_i)M_k(I-\eta A_i)]
+         + \eta^2\bigl(C_k + C_k^\top\bigr) + \eta^2\,\mathbb E[g_ig_i^\top],
+       \quad C_k = \tfrac1n\textstyle\sum_i A_i\mu_kg_i^\top,
+
+    and :math:`\mathbb E\,F(w_k) - \min F = \tfrac12\operatorname{tr}(HM_k)`
+    (:math:`F` is quadratic).  Cost :math:`O(p^4)` per step: for small
+    :math:`p` and not too many steps.
+
+    Parameters
+    ----------
+    x, y, lam, step :
+        As in :func:`sgd_floor`.
+    n_steps : int
+        Number of steps.
+    w0 : torch.Tensor, optional
+        Initial point (zero by default).
+    record_every : int
+        Record every this many steps (and the first and last), as :func:`sgd`.
+    """
+    x, y = _xy(x, y)
+    lam = _checks.real(lam, "lam", nonnegative=True)
+    step = _checks.real(step, "step", positive=True)
+    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
+    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    n, p = x.shape
+    w_star = ridge(x, y, lam)
+    w0 = torch.zeros(p, dtype=x.dtype, device=x.device) if w0 is None else _w(w0, x, "w0")
+    H, EAA, g, G = _sgd_operators(x, y, lam, w_star)
+    eye = torch.eye(p, dtype=x.dtype, device=x.device)
+    T = torch.eye(p * p, dtype=x.dtype, device=x.device) - step * (
+        torch.kron(H, eye) + torch.kron(eye, H)) + step ** 2 * EAA
+    mu = w0.to(x.dtype) - w_star
+    m = torch.outer(mu, mu).reshape(-1)
+    B = eye - step * H
+
+    def moments(mu, m):
+        M = m.reshape(p, p)
+        mean = 0.5 * torch.trace(H @ M)
+        HS = H @ (M - torch.outer(mu, mu))                          # H times the covariance
+        var = 0.5 * torch.trace(HS @ HS) + mu @ HS @ H @ mu
+        return mean, var.clamp_min(0).sqrt() / mean
+
+    steps, gaps, sds = [0], [], []
+    a, b = moments(mu, m)
+    gaps.append(a)
+    sds.append(b)
+    for k in range(n_steps):
+        # E[(I - eta A_i) mu g_i^T] = -eta (1/n) sum_i A_i mu g_i^T  (the g_i have mean zero)
+        Amu = x * (x @ mu)[:, None] + lam * mu                      # rows A_i mu
+        C = Amu.T @ g / n
+        m = T @ m + step ** 2 * (C + C.T).reshape(-1) + step ** 2 * G.reshape(-1)
+        mu = B @ mu
+        if (k + 1) % record_every == 0 or k + 1 == n_steps:
+            steps.append(k + 1)
+            a, b = moments(mu, m)
+            gaps.append(a)
+            sds.append(b)
+    return SGDMoments(steps=torch.tensor(steps), gap=torch.stack(gaps), rel_sd=torch.stack(sds))

@@ -30,7 +30,7 @@ from torch.func import functional_call, jvp
 
 from mflib import _checks
 
-__all__ = ["sample_gp", "GPPosterior", "gp_regression", "Flow", "gradient_flow", "Linearized"]
+__all__ = ["sample_gp", "GPPosterior", "gp_regression", "ntk_gp", "Flow", "gradient_flow", "Linearized"]
 
 
 def _square(k, name, like=None, like_name=None):
@@ -194,6 +194,58 @@ def gp_regression(K_train, K_test_train, y_train, *, K_test=None, noise=0.0,
     if cov is not None:
         _checks.finite_result(cov, "the posterior covariance", "K_train, K_test, K_test_train or noise")
     return GPPosterior(mean=mean, cov=cov)
+
+
+def ntk_gp(ntk_train, ntk_test_train, nngp_train, nngp_test_train, nngp_test, y_train,
+           *, rcond=None) -> GPPosterior:
+    r"""Law of an infinite ensemble of wide networks trained to convergence on the
+    square loss by gradient flow (Lee et al., 2019, "Wide neural networks of any
+    depth evolve as linear models", eq. 16 at :math:`t \to \infty`).
+
+    At initialisation the outputs are :math:`\GP(0, \Sigma)` (NNGP); training is
+    kernel gradient flow with the NTK :math:`\Theta`, so the trained function is
+    :math:`f(x) = f_0(x) + \Theta_{xX}\Theta_{XX}^{-1}(y - f_0(X))`, a Gaussian
+    process with
+
+    .. math::
+
+       \mu(x) = \Theta_{xX}\Theta_{XX}^{-1}y, \qquad
+       C = \Sigma_{**} + \Theta_{*X}\Theta^{-1}\Sigma_{XX}\Theta^{-1}\Theta_{X*}
+           - \Theta_{*X}\Theta^{-1}\Sigma_{X*} - \Sigma_{*X}\Theta^{-1}\Theta_{X*}.
+
+    When :math:`\Theta = \Sigma` this is noiseless GP regression with :math:`\Sigma`
+    (the case where only the last layer is trained).
+
+    Parameters
+    ----------
+    ntk_train, ntk_test_train : torch.Tensor
+        :math:`\Theta_{XX}` ``(n, n)`` and :math:`\Theta_{*X}` ``(k, n)``.
+    nngp_train, nngp_test_train, nngp_test : torch.Tensor
+        :math:`\Sigma_{XX}`, :math:`\Sigma_{*X}`, :math:`\Sigma_{**}` ``(k, k)``.
+    y_train : torch.Tensor
+        ``(n,)``.
+    rcond : float, optional
+        Relative cut-off of the pseudo-inverse of :math:`\Theta_{XX}`.
+    """
+    T = _square(ntk_train, "ntk_train")
+    S = _square(nngp_train, "nngp_train")
+    Sss = _square(nngp_test, "nngp_test")
+    n, k = T.shape[0], Sss.shape[0]
+    for name, M, shape in (("nngp_train", S, (n, n)), ("ntk_test_train", ntk_test_train, (k, n)),
+                           ("nngp_test_train", nngp_test_train, (k, n))):
+        _checks.tensor(M, name, ndim=2)
+        if tuple(M.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(M.shape)}")
+    _checks.tensor(y_train, "y_train", ndim=1)
+    if y_train.shape[0] != n:
+        raise ValueError(f"y_train must have length {n}, got {y_train.shape[0]}")
+    lam, vec = _sym_eigh(T)
+    cut = (rcond if rcond is not None else n * torch.finfo(T.dtype).eps) * lam.abs().max()
+    inv = torch.where(lam > cut, 1.0 / lam, torch.zeros_like(lam))
+    A = (ntk_test_train.to(T) @ vec) * inv @ vec.T                  # Theta_*X Theta^-1
+    Ssx = nngp_test_train.to(T)
+    cov = Sss.to(T) + A @ S.to(T) @ A.T - A @ Ssx.T - Ssx @ A.T
+    return GPPosterior(mean=A @ y_train.to(T), cov=0.5 * (cov + cov.T))
 
 
 @dataclass

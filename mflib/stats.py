@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["fit_slope", "slope_fit", "slope_over_repeats", "estimate", "SlopeFit", "Estimate"]
+__all__ = ["fit_slope", "slope_fit", "slope_over_repeats", "estimate", "batch_means", "SlopeFit",
+           "Estimate"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,33 @@ def estimate(samples) -> Estimate:
         raise ValueError("samples must be finite")
     return Estimate(value=float(s.mean()), se=float(s.std(unbiased=True)) / math.sqrt(s.numel()),
                     n=s.numel())
+
+
+def batch_means(samples, n_batches: int = 10) -> Estimate:
+    r"""Mean of a correlated series (e.g. the tail of one SGD run) with the
+    batch-means standard error: the series is cut into ``n_batches``
+    consecutive batches, whose means are treated as independent, so that the
+    error is :math:`s_B/\sqrt{B}` with :math:`s_B` the spread of the batch means.
+    It is honest when a batch is much longer than the correlation time.
+
+    Parameters
+    ----------
+    samples : array-like
+        1-d, finite, at least ``2 * n_batches`` values (a leftover at the start is dropped).
+    n_batches : int
+        :math:`B \ge 2`.
+    """
+    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 2:
+        raise ValueError(f"n_batches must be an integer >= 2, got {n_batches!r}")
+    s = torch.as_tensor(samples, dtype=torch.float64).flatten().cpu()
+    if s.numel() < 2 * n_batches:
+        raise ValueError(f"samples must hold at least 2 * n_batches = {2 * n_batches} values, got {s.numel()}")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("samples must be finite")
+    size = s.numel() // n_batches
+    means = s[s.numel() - size * n_batches:].reshape(n_batches, size).mean(1)
+    return Estimate(value=float(s.mean()), se=float(means.std(unbiased=True)) / math.sqrt(n_batches),
+                    n=n_batches)
 
 
 def fit_slope(x, y) -> float:

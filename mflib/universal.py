@@ -23,7 +23,7 @@ from mflib import _checks
 from mflib.backprop import activation as _activation
 from mflib.config import DTYPE, generator as _generator
 
-__all__ = ["Fit", "random_features_fit", "best_polynomial_error"]
+__all__ = ["Fit", "random_features_fit", "best_polynomial_error", "best_polynomial"]
 
 
 @dataclass
@@ -119,3 +119,16 @@ def best_polynomial_error(x, y, degree: int) -> float:
     p = np.polynomial.Legendre.fit(xs, ys, degree, domain=domain)
     return _checks.finite_result(math.sqrt(float(np.mean((p(xs) - ys) ** 2))), "the error",
                                  "x or y (their scale)")
+
+
+def best_polynomial(x_train, y_train, x_test, degree: int) -> torch.Tensor:
+    """Values at ``x_test`` of the least-squares polynomial of the given degree
+    fitted to ``(x_train, y_train)`` (the function a network with a polynomial
+    activation of that degree reaches at best, by :func:`best_polynomial_error`),
+    on the device and dtype of ``x_test``."""
+    x_train, y_train = _xy(x_train, y_train, "x_train", "y_train")
+    _checks.tensor(x_test, "x_test", ndim=1)
+    degree = _checks.integer(degree, "degree", minimum=0)
+    lo, hi = float(x_train.min()), float(x_train.max())
+    p = np.polynomial.Legendre.fit(x_train.cpu().numpy(), y_train.cpu().numpy(), degree, domain=[lo, hi] if hi > lo else [lo - 1, hi + 1])
+    return torch.as_tensor(p(x_test.cpu().numpy()), dtype=x_test.dtype, device=x_test.device)

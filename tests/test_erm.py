@@ -137,3 +137,31 @@ def test_one_step_is_a_gradient_step_computed_by_autograd(name, reg, cls):
     erm.objective(w, ds.x, ds.y, loss=name, lam=0.3).backward()
     run = erm.sgd(ds.x, ds.y, loss=name, lam=0.3, step=0.1, n_steps=1, w0=w0)
     assert torch.allclose(run.w, w0 - 0.1 * w.grad, atol=1e-14)
+
+
+def test_sgd_moments_match_monte_carlo_and_floor():
+    ds = data.linear_regression(40, 3, noise=0.5, generator=mflib.generator(3), device="cpu")
+    lam, eta, k = 0.1, 0.05, 300
+    mom = erm.sgd_moments(ds.x, ds.y, lam=lam, step=eta, n_steps=k, record_every=100)
+    f_star = erm.objective(erm.ridge(ds.x, ds.y, lam), ds.x, ds.y, lam=lam)
+    # the same process as erm.sgd(batch_size=1), 4000 runs at once
+    g, R = mflib.generator(5), 4000
+    idx = torch.randint(0, 40, (k, R), generator=g)
+    w = torch.zeros(R, 3, dtype=D)
+    rec = [erm.objective(w, ds.x, ds.y, lam=lam) - f_star]
+    for t in range(k):
+        xb, yb = ds.x[idx[t]], ds.y[idx[t]]
+        w = w - eta * (xb * ((xb * w).sum(1) - yb)[:, None] + lam * w)
+        if (t + 1) % 100 == 0:
+            rec.append(erm.objective(w, ds.x, ds.y, lam=lam) - f_star)
+    finals = torch.stack(rec)
+    mc, se = finals.mean(1), finals.std(1) / math.sqrt(R)
+    assert torch.all((mc - mom.gap).abs() < 4 * se + 1e-12), (mc, mom.gap, se)
+    # the recursion converges to the closed-form floor, which is ~ eta/4 tr E[g g^T] for small eta
+    floor = erm.sgd_floor(ds.x, ds.y, lam=lam, step=eta)
+    long = erm.sgd_moments(ds.x, ds.y, lam=lam, step=eta, n_steps=5000, record_every=5000)
+    assert math.isclose(float(long.gap[-1]), floor, rel_tol=1e-6)
+    small = [erm.sgd_floor(ds.x, ds.y, lam=lam, step=e) for e in (1e-3, 2e-3)]
+    assert math.isclose(small[1] / small[0], 2.0, rel_tol=0.01)
+    with pytest.raises(ValueError, match="step"):
+        erm.sgd_floor(ds.x, ds.y, lam=lam, step=10.0)

@@ -130,6 +130,11 @@ def _lazy_model():
     return lazy.as_function(_mlp())
 
 
+def _spd(n, seed=0):
+    a = randn(n, n, seed=seed)
+    return a @ a.T / n + torch.eye(n, dtype=D)
+
+
 def _render(**kw):
     fig, ax = plt.subplots(figsize=(1, 1))
     return fig
@@ -440,6 +445,17 @@ VALID = {
     "two_timescale.StepTarget.__call__": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D)),
     "two_timescale.StepTarget.primitive": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D), power=2),
     "plotting.InteractiveHTML": lambda: dict(html="<p>frame</p>", png=None),
+    "erm.sgd_floor": lambda: dict(x=X, y=Y, lam=0.1, step=0.05),
+    "erm.sgd_moments": lambda: dict(x=X, y=Y, lam=0.1, step=0.05, n_steps=6, w0=randn(3), record_every=2),
+    "erm.SGDMoments": lambda: dict(steps=None, gap=None, rel_sd=None),
+    "gp.ntk_gp": lambda: dict(ntk_train=_spd(4), ntk_test_train=randn(2, 4), nngp_train=_spd(4, seed=1),
+                              nngp_test_train=randn(2, 4, seed=2), nngp_test=_spd(2, seed=3), y_train=randn(4)),
+    "gplimit.kurtosis_estimate": lambda: dict(samples=randn(50), n_boot=20, seed=0),
+    "gplimit.one_unit_ks": lambda: dict(grid=401),
+    "stats.batch_means": lambda: dict(samples=randn(40), n_batches=4),
+    "universal.best_polynomial": lambda: dict(x_train=torch.linspace(-1, 1, 8, dtype=D),
+                                              y_train=torch.linspace(-1, 1, 8, dtype=D) ** 3,
+                                              x_test=torch.linspace(-1, 1, 5, dtype=D), degree=2),
     "meanfield.sgd_stream_distance": lambda: dict(theta=_theta(), teacher=_teacher(), x_eval=randn(5, 3),
                                                   lr=0.1, time=0.5, batch=4, seeds=(0, 1), records=3,
                                                   activation="relu"),
@@ -481,7 +497,7 @@ CONTAINERS = {
     "lazy.Digits", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
     "threelayer.Sample", "threelayer.Forward", "threelayer.Run", "threelayer.CoupledRun",
     "threelayer.TwoLayerParams", "two_timescale.TrainResult", "two_timescale.FixedSampleResult",
-    "universal.Fit", "two_timescale_sgd.SGDResult", "plotting.InteractiveHTML", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
+    "universal.Fit", "erm.SGDMoments", "two_timescale_sgd.SGDResult", "plotting.InteractiveHTML", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
 }
 
 #: Calls whose results legitimately differ between two calls (timings).

@@ -217,3 +217,28 @@ def test_bad_arguments():
         gp.gradient_flow(bad, y, 1.0)
     with pytest.raises(TypeError, match="model"):
         gp.Linearized(lambda z: z)
+
+
+def test_ntk_gp_reduces_to_noiseless_gp_and_matches_linear_ensembles():
+    import mflib
+    from mflib import gp
+
+    g = mflib.generator(0)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    K = x @ x.T + 0.5
+    n = 5
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    post = gp.gp_regression(K[:n, :n], K[n:, :n], y, K_test=K[n:, n:])
+    same = gp.ntk_gp(K[:n, :n], K[n:, :n], K[:n, :n], K[n:, :n], K[n:, n:], y)
+    assert torch.allclose(same.mean, post.mean, atol=1e-10) and torch.allclose(same.cov, post.cov, atol=1e-10)
+    # a linear model f = phi(x)^T w, w ~ N(0, I) (NNGP = phi phi^T), trained to convergence by gradient
+    # flow on features psi (NTK = psi psi^T) is f0 + Theta_xX Theta^-1 (y - f0(X)): Monte Carlo check
+    phi = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    psi = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    S, T = phi @ phi.T, psi @ psi.T
+    law = gp.ntk_gp(T[:n, :n], T[n:, :n], S[:n, :n], S[n:, :n], S[n:, n:], y)
+    f0 = phi @ torch.randn(6, 20000, generator=g, dtype=torch.float64)
+    A = T[n:, :n] @ torch.linalg.inv(T[:n, :n])
+    f = f0[n:] + A @ (y[:, None] - f0[:n])
+    assert torch.allclose(f.mean(1), law.mean, atol=0.1)
+    assert torch.allclose(torch.cov(f), law.cov, atol=0.05 * float(law.cov.abs().max()))

@@ -82,3 +82,25 @@ def test_bad_inputs():
         G.excess_kurtosis(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="std"):
         G.ks_distance(torch.zeros(5, dtype=torch.float64), -1.0)
+
+
+def test_kurtosis_estimate_has_a_calibrated_error():
+    import mflib
+    from mflib import gplimit
+
+    g = mflib.generator(1)
+    x = torch.randn(4000, generator=g, dtype=torch.float64)
+    e = gplimit.kurtosis_estimate(x, seed=2)
+    assert abs(e.value) < 4 * e.se and 0.5 < e.se / (24 / 4000) ** 0.5 < 1.6
+
+
+def test_one_unit_ks_against_a_large_sample():
+    import mflib
+    from mflib import gplimit
+
+    g = mflib.generator(4)
+    a, z = torch.randn(2, 200_000, generator=g, dtype=torch.float64)
+    xi = a * torch.relu(z)
+    exact = gplimit.one_unit_ks()
+    assert 0.25 <= exact < 0.26
+    assert abs(gplimit.ks_distance(xi, float(xi.std())) - exact) < 1.36 / 200_000 ** 0.5 + 1e-3

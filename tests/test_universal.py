@@ -40,3 +40,14 @@ def test_bad_inputs():
         U.random_features_fit(x, y[:5], x, y, width=3)
     with pytest.raises(TypeError, match="degree"):
         U.best_polynomial_error(x, y, 2.0)
+
+
+def test_best_polynomial_values_match_the_error():
+    import math
+
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    y = torch.sin(3 * x)
+    universal = U
+    v = universal.best_polynomial(x, y, x, 3)
+    assert math.isclose(float(((v - y) ** 2).mean().sqrt()), universal.best_polynomial_error(x, y, 3), rel_tol=1e-10)
+    assert torch.allclose(universal.best_polynomial(x, x ** 2, x, 2), x ** 2, atol=1e-12)
