@@ -357,12 +357,22 @@ def _sgd_operators(x, y, lam, w_star):
     eye = torch.eye(p, dtype=x.dtype, device=x.device)
     S = x.T @ x / n
     H = S + lam * eye
+    _checks.finite_result(H, "the Hessian X^T X / n + lam I", "x or lam (their scale)")
     z = (x[:, :, None] * x[:, None, :]).reshape(n, p * p)          # rows x_i (x) x_i
     EAA = z.T @ z / n + lam * (torch.kron(S, eye) + torch.kron(eye, S)) + lam ** 2 * torch.eye(
         p * p, dtype=x.dtype, device=x.device)                     # E[A_i (x) A_i]
     g = x * (x @ w_star - y)[:, None] + lam * w_star                # per-sample gradients at w*
     G = g.T @ g / n
+    _checks.finite_result(EAA, "E[A_i (x) A_i]", "x or lam (their scale)")
+    _checks.finite_result(G, "the gradient covariance at the minimiser", "x, y or lam (their scale)")
     return H, EAA, g, G
+
+
+def _sgd_cost(n, p, n_steps, names):
+    """Refuse up front the second-moment computations that cannot be afforded:
+    the operators hold ``p**4`` (and ``n p**2``) entries, each step costs ``p**4``."""
+    _checks.elements(max(float(p) ** 4, float(n) * p * p), "x (its shape)")
+    _checks.budget(float(n_steps) * (float(p) ** 4 + float(n) * p), names)
 
 
 def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float) -> float:
@@ -399,14 +409,18 @@ def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float) -> f
     x, y = _xy(x, y)
     lam = _checks.real(lam, "lam", nonnegative=True)
     step = _checks.real(step, "step", positive=True)
-    p = x.shape[1]
+    n, p = x.shape
+    _sgd_cost(n, p, 1, "x (its number of columns)")
+    _checks.budget(float(p) ** 6, "x (its number of columns)")
     H, EAA, _, G = _sgd_operators(x, y, lam, ridge(x, y, lam))
     eye = torch.eye(p, dtype=x.dtype, device=x.device)
     op = torch.kron(H, eye) + torch.kron(eye, H) - step * EAA
+    _checks.finite_result(op, "the second-moment operator", "x, lam or step (their scale)")
     if float(torch.linalg.eigvals(op).real.min()) <= 0:
         raise ValueError(f"step={step} is too large for lam={lam} and x: the second moment of SGD diverges")
     M = torch.linalg.solve(op, step * G.reshape(-1)).reshape(p, p)
-    return _checks.finite_result(float(0.5 * torch.trace(H @ M)), "the SGD floor", "x or y (their scale)")
+    return _checks.finite_result(float(0.5 * torch.trace(H @ M)), "the SGD floor",
+                                 "x, y, lam or step (their scale)")
 
 
 def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_steps: int,
@@ -441,11 +455,16 @@ def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_
     x, y = _xy(x, y)
     lam = _checks.real(lam, "lam", nonnegative=True)
     step = _checks.real(step, "step", positive=True)
-    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
-    record_every = _checks.integer(record_every, "record_every", minimum=1)
+    n_steps = _checks.size(n_steps, "n_steps")
+    record_every = _checks.size(record_every, "record_every")
     n, p = x.shape
+    _sgd_cost(n, p, n_steps, "n_steps and x (its number of columns)")
+    if w0 is not None:
+        w0 = _checks.tensor(w0, "w0", ndim=1)
+        w0 = _w(w0, x, "w0")
     w_star = ridge(x, y, lam)
-    w0 = torch.zeros(p, dtype=x.dtype, device=x.device) if w0 is None else _w(w0, x, "w0")
+    if w0 is None:
+        w0 = torch.zeros(p, dtype=x.dtype, device=x.device)
     H, EAA, g, G = _sgd_operators(x, y, lam, w_star)
     eye = torch.eye(p, dtype=x.dtype, device=x.device)
     T = torch.eye(p * p, dtype=x.dtype, device=x.device) - step * (
@@ -476,4 +495,8 @@ def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_
             a, b = moments(mu, m)
             gaps.append(a)
             sds.append(b)
-    return SGDMoments(steps=torch.tensor(steps), gap=torch.stack(gaps), rel_sd=torch.stack(sds))
+    gap, rel_sd = torch.stack(gaps), torch.stack(sds)
+    names = "x, y, lam, step, n_steps or w0 (their scale)"
+    _checks.finite_result(gap, "the expected SGD gap", names)
+    _checks.finite_result(rel_sd, "the relative standard deviation of the SGD gap", names)
+    return SGDMoments(steps=torch.tensor(steps), gap=gap, rel_sd=rel_sd)

@@ -239,13 +239,22 @@ def ntk_gp(ntk_train, ntk_test_train, nngp_train, nngp_test_train, nngp_test, y_
     _checks.tensor(y_train, "y_train", ndim=1)
     if y_train.shape[0] != n:
         raise ValueError(f"y_train must have length {n}, got {y_train.shape[0]}")
+    for name, M in (("ntk_test_train", ntk_test_train), ("nngp_train", S),
+                    ("nngp_test_train", nngp_test_train), ("nngp_test", Sss), ("y_train", y_train)):
+        _checks.matching(M, T, name, "ntk_train")
+    if rcond is not None:
+        rcond = _checks.real(rcond, "rcond", nonnegative=True)
+    _checks.finite_result((T + T.T) * 0.5, "the symmetric part of ntk_train", "ntk_train (its scale)")
     lam, vec = _sym_eigh(T)
     cut = (rcond if rcond is not None else n * torch.finfo(T.dtype).eps) * lam.abs().max()
     inv = torch.where(lam > cut, 1.0 / lam, torch.zeros_like(lam))
     A = (ntk_test_train.to(T) @ vec) * inv @ vec.T                  # Theta_*X Theta^-1
     Ssx = nngp_test_train.to(T)
     cov = Sss.to(T) + A @ S.to(T) @ A.T - A @ Ssx.T - Ssx @ A.T
-    return GPPosterior(mean=A @ y_train.to(T), cov=0.5 * (cov + cov.T))
+    names = "ntk_train, ntk_test_train, nngp_train, nngp_test_train, nngp_test or y_train (their scale)"
+    mean = _checks.finite_result(A @ y_train.to(T), "the posterior mean", names)
+    cov = _checks.finite_result(0.5 * (cov + cov.T), "the posterior covariance", names)
+    return GPPosterior(mean=mean, cov=cov)
 
 
 @dataclass

@@ -174,12 +174,19 @@ def kurtosis_estimate(samples: torch.Tensor, *, n_boot: int = 200, seed: int = 0
     from mflib.config import generator
 
     _checks.tensor(samples, "samples", ndim=1)
-    n_boot = _checks.integer(n_boot, "n_boot", minimum=2)
+    if samples.shape[0] < 2:
+        raise ValueError(f"samples must hold at least 2 values, got {samples.shape[0]}")
+    n_boot = _checks.size(n_boot, "n_boot", minimum=2)
+    seed = _checks.seed(seed)
+    _checks.elements(3 * n_boot * samples.shape[0], "n_boot and samples (its length)")
     s = samples.to(DTYPE).cpu()
     idx = torch.randint(0, s.shape[0], (n_boot, s.shape[0]), generator=generator(seed))
+    names = "samples (its scale, or a constant sample)"
+    value = _checks.finite_result(float(excess_kurtosis(s)), "the excess kurtosis", names)
     boots = excess_kurtosis(s[idx].T)
-    value = float(excess_kurtosis(s))
-    return stats.Estimate(value=value, se=float(boots.std(unbiased=True)), n=s.shape[0])
+    se = _checks.finite_result(float(boots.std(unbiased=True)), "the bootstrap standard error",
+                               "samples (its scale, or too few distinct values)")
+    return stats.Estimate(value=value, se=se, n=s.shape[0])
 
 
 def one_unit_ks(grid: int = 40001) -> float:
@@ -197,7 +204,8 @@ def one_unit_ks(grid: int = 40001) -> float:
     """
     from scipy import special
 
-    grid = _checks.integer(grid, "grid", minimum=100)
+    # at most 10**7 points (a few hundred MB of float64 arrays): the value has converged long before
+    grid = _checks.size(grid, "grid", minimum=100, maximum=10 ** 7)
     u = torch.linspace(1e-12, 6.0, grid, dtype=DTYPE)
     dens = torch.as_tensor(special.k0(u.numpy()), dtype=DTYPE) / math.pi
     cum = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum((dens[1:] + dens[:-1]) / 2 * torch.diff(u), 0)])

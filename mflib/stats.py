@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mflib import _checks
+
 __all__ = ["fit_slope", "slope_fit", "slope_over_repeats", "estimate", "batch_means", "SlopeFit",
            "Estimate"]
 
@@ -174,17 +176,18 @@ def batch_means(samples, n_batches: int = 10) -> Estimate:
     n_batches : int
         :math:`B \ge 2`.
     """
-    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 2:
-        raise ValueError(f"n_batches must be an integer >= 2, got {n_batches!r}")
-    s = torch.as_tensor(samples, dtype=torch.float64).flatten().cpu()
-    if s.numel() < 2 * n_batches:
-        raise ValueError(f"samples must hold at least 2 * n_batches = {2 * n_batches} values, got {s.numel()}")
+    n_batches = _checks.size(n_batches, "n_batches", minimum=2)
+    s = _as_reals(samples, "samples").flatten()
     if not bool(torch.isfinite(s).all()):
         raise ValueError("samples must be finite")
+    if s.numel() < 2 * n_batches:
+        raise ValueError(f"samples must hold at least 2 * n_batches = {2 * n_batches} values, got {s.numel()}")
     size = s.numel() // n_batches
     means = s[s.numel() - size * n_batches:].reshape(n_batches, size).mean(1)
-    return Estimate(value=float(s.mean()), se=float(means.std(unbiased=True)) / math.sqrt(n_batches),
-                    n=n_batches)
+    value = _checks.finite_result(float(s.mean()), "the mean", "samples (its scale)")
+    se = _checks.finite_result(float(means.std(unbiased=True)) / math.sqrt(n_batches),
+                               "the batch-means standard error", "samples (its scale)")
+    return Estimate(value=value, se=se, n=n_batches)
 
 
 def fit_slope(x, y) -> float:

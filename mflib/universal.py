@@ -128,7 +128,11 @@ def best_polynomial(x_train, y_train, x_test, degree: int) -> torch.Tensor:
     on the device and dtype of ``x_test``."""
     x_train, y_train = _xy(x_train, y_train, "x_train", "y_train")
     _checks.tensor(x_test, "x_test", ndim=1)
-    degree = _checks.integer(degree, "degree", minimum=0)
+    degree = _checks.integer(degree, "degree", minimum=0, maximum=min(x_train.shape[0] - 1, 1000))
     lo, hi = float(x_train.min()), float(x_train.max())
+    if hi == lo and degree > 0:
+        raise ValueError("x_train must not be constant for a polynomial fit of degree >= 1")
     p = np.polynomial.Legendre.fit(x_train.cpu().numpy(), y_train.cpu().numpy(), degree, domain=[lo, hi] if hi > lo else [lo - 1, hi + 1])
-    return torch.as_tensor(p(x_test.cpu().numpy()), dtype=x_test.dtype, device=x_test.device)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = torch.as_tensor(p(x_test.cpu().numpy()), dtype=x_test.dtype, device=x_test.device)
+    return _checks.finite_result(values, "the polynomial's values", "x_train, y_train or x_test (their scale)")

@@ -452,7 +452,9 @@ VALID = {
                               nngp_test_train=randn(2, 4, seed=2), nngp_test=_spd(2, seed=3), y_train=randn(4)),
     "gplimit.kurtosis_estimate": lambda: dict(samples=randn(50), n_boot=20, seed=0),
     "gplimit.one_unit_ks": lambda: dict(grid=401),
-    "stats.batch_means": lambda: dict(samples=randn(40), n_batches=4),
+    # samples is documented array-like (a list, as for stats.estimate; Lecture 1 and
+    # tests/test_stats.py pass lists): numbers of any real dtype are legitimate samples
+    "stats.batch_means": lambda: dict(samples=randn(40).tolist(), n_batches=4),
     "universal.best_polynomial": lambda: dict(x_train=torch.linspace(-1, 1, 8, dtype=D),
                                               y_train=torch.linspace(-1, 1, 8, dtype=D) ** 3,
                                               x_test=torch.linspace(-1, 1, 5, dtype=D), degree=2),
