@@ -112,6 +112,17 @@ def test_coupled_training_distance_shrinks_with_width():
     assert float(r.ref_loss[-1]) < float(r.ref_loss[0])
 
 
+def test_coupled_training_correlated_embedding_limit_risk_decreases():
+    # Moved from the page (claim l06-cor-ratio): full-batch small-step GD on the
+    # limit of a correlated embedding decreases the risk, by construction.
+    x, y, _ = _data(m=32)
+    emb = tl.correlated_embedding(4, 64, generator=torch.Generator().manual_seed(0))
+    r = tl.coupled_training(emb, x, y, widths=[8], seeds=2, lr=1.0, steps=20, record_every=5,
+                            generator=torch.Generator().manual_seed(1))
+    assert float(r.ref_loss[-1]) < float(r.ref_loss[0])
+    assert bool((r.ref_loss[1:] <= r.ref_loss[:-1] + 1e-12).all())
+
+
 def test_training_decreases_loss_and_minibatches_are_reproducible():
     x, y, _ = _data(m=40)
     p = _net(n1=16, n2=16, batch=1).params
