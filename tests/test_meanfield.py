@@ -270,3 +270,27 @@ def test_cap_particles_keep_positive_output_weights():
     assert bool((tr.theta[:, 0] > 0).all())        # a^2 - |w|^2 > 0 is conserved
     with pytest.raises(ValueError, match="radius"):
         mfm.cap_particles(5, 2, radius=0.0)
+
+
+def test_student_narrower_than_teacher_stays_above_threshold():
+    """Moved from Lecture 5 (lower end of claim cb_mstar): a relu student with fewer units
+    than a teacher of orthonormal units with output weights of both signs cannot reach it."""
+    d, k = 6, 3
+    w = torch.linalg.qr(torch.randn(d, k, generator=mflib.generator(0), dtype=torch.float64))[0].T
+    te = torch.cat([torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)[:, None], w], 1)
+    r0 = mfm.population_risk(torch.zeros(1, 1 + d, dtype=torch.float64), te).item()
+    for s in range(2):
+        th = mfm.init_particles(k - 1, d, generator=mflib.generator(10 + s))
+        tr = mfm.train(th, steps=400, lr=2.0, method="population", teacher=te, keep_thetas=False)
+        assert tr.risk[-1].item() / r0 > 2e-2
+
+
+def test_max_unit_hessian_grows_with_width():
+    """Moved from Lecture 5 (claim ml_lazy_hmax): the max over particles of one unit's
+    Hessian norm is a maximum of m i.i.d. terms, so it grows with m."""
+    te = mfm.init_particles(3, 4, out_weight="sign", generator=mflib.generator(0))
+    x, y = mfm.gaussian_teacher_data(te, 20, generator=mflib.generator(1))
+    hess = {m: sum(mfm.relative_scale(mfm.init_particles(m, 4, generator=mflib.generator(m + s)),
+                                      x, y, scaling="lazy")["hess"] * math.sqrt(m) for s in range(3))
+            for m in (10, 1000)}
+    assert hess[1000] > hess[10]

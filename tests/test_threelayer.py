@@ -112,6 +112,17 @@ def test_coupled_training_distance_shrinks_with_width():
     assert float(r.ref_loss[-1]) < float(r.ref_loss[0])
 
 
+def test_coupled_training_correlated_embedding_limit_risk_decreases():
+    # Moved from the page (claim l06-cor-ratio): full-batch small-step GD on the
+    # limit of a correlated embedding decreases the risk, by construction.
+    x, y, _ = _data(m=32)
+    emb = tl.correlated_embedding(4, 64, generator=torch.Generator().manual_seed(0))
+    r = tl.coupled_training(emb, x, y, widths=[8], seeds=2, lr=1.0, steps=20, record_every=5,
+                            generator=torch.Generator().manual_seed(1))
+    assert float(r.ref_loss[-1]) < float(r.ref_loss[0])
+    assert bool((r.ref_loss[1:] <= r.ref_loss[:-1] + 1e-12).all())
+
+
 def test_training_decreases_loss_and_minibatches_are_reproducible():
     x, y, _ = _data(m=40)
     p = _net(n1=16, n2=16, batch=1).params
@@ -289,3 +300,24 @@ def test_sgd_noise_distance_vanishes_for_full_batches_and_grows_with_step():
     assert 0 < d[0] < d[1]
     with pytest.raises(TypeError, match="generator"):
         tl.sgd_noise_distance(p, x, y, lr=0.1, time=1.0, batch_size=2, generator=None)
+
+
+def test_w3_stays_within_the_bound_of_its_equation():
+    # Moved from Lecture 6 (claim l06-w3-sup): |d/dt w3| <= E|y_hat - y| <= (2 L)^(1/2) since
+    # |tanh| <= 1, so |w3(T)| <= max|w3(0)| + T sup_t (2 L(t))^(1/2) (triangle inequality of the update).
+    x, y, _ = _data(m=32)
+    emb = tl.iid_embedding(4, 32, generator=torch.Generator().manual_seed(3))
+    p = emb.ensemble()
+    run = tl.train(p, x, y, lr=0.5, steps=40, record_every=1)
+    bound = float(p.w3.abs().max()) + 0.5 * 40 * math.sqrt(2 * float(run.loss.max()))
+    assert float(run.params.w3.abs().max()) <= bound
+
+
+def test_first_layer_features_have_full_rank():
+    # Moved from Lecture 6 (claim l06-rank-f1): tanh ridge features of Gaussian weights on
+    # bias-augmented inputs are linearly independent almost surely: rank min(N, M).
+    x, _, _ = _data(m=20)
+    g = torch.Generator().manual_seed(5)
+    for n in (10, 40):
+        w1 = torch.randn(n, x.shape[1], generator=g, dtype=x.dtype)
+        assert int(torch.linalg.matrix_rank(tl.first_layer_features(w1, x))) == min(n, 20)
