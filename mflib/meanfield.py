@@ -786,7 +786,7 @@ def sgd_stream_distance(theta: torch.Tensor, teacher: torch.Tensor, x_eval: torc
         Horizon :math:`T`; the runs take ``round(time / lr)`` steps.
     batch : int
         Mini-batch size :math:`B`.
-    seeds : tuple of two int
+    seeds : tuple of int
         Seeds of the two sample streams (distinct for independent streams).
     records : int
         Number of equally spaced times at which the distance is measured.
