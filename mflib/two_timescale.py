@@ -54,6 +54,7 @@ __all__ = ["StepTarget", "paper_target", "smooth_step", "smooth_step_grad", "net
            "train_fixed_sample", "optimal_outer"]
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(4)  # exact up to degree 7
+_GROW = 4.0   # a step is at most this many times the previous one (train_population)
 
 
 # --------------------------------------------------------------------------- target
@@ -467,9 +468,44 @@ def _terms(a, u, target, eta):
     ga = 2 * (wr[:, None, :] @ phi)[:, 0]
     aj = a[:, 1:]
     gu = -2 * aj / eta * (wr[:, None, :] @ ds)[:, 0]
-    hu = 2 * aj ** 2 / eta ** 2 * (w[:, None, :] @ (ds * ds))[:, 0] \
-        + 2 * aj / eta ** 2 * (wr[:, None, :] @ dds)[:, 0]
-    return loss, ga, gu, hu, G, b
+    wds, wdds = w[..., None] * ds, w[..., None] * dds
+    M = (w[:, None, :] @ (ds * ds))[:, 0]
+    Dm, Em = wds.transpose(1, 2) @ phi, wdds.transpose(1, 2) @ phi         # (B, m, m + 1)
+    c, e = (wds * fs[..., None]).sum(1), (wdds * fs[..., None]).sum(1)      # (B, m)
+    hu = 2 * aj ** 2 / eta ** 2 * M + 2 * aj / eta ** 2 * (wr[:, None, :] @ dds)[:, 0]
+    return loss, ga, gu, hu, G, b, (Dm, c, Em, e, M)
+
+
+def _gu_hu(a, coup, eta, hessian=True):
+    """grad_u R (and the diagonal of the u-Hessian) at outer weights ``a`` (shape
+    ``(B, m + 1)`` or ``(B, S, m + 1)``) and the frozen positions of ``coup``:
+    both are polynomials in ``a`` (quadratic), so no quadrature is needed."""
+    Dm, c, Em, e, M = coup
+    if a.ndim == 3:
+        Dm, c, Em, e, M = Dm[:, None], c[:, None], Em[:, None], e[:, None], M[:, None]
+    aj = a[..., 1:]
+    gu = -2 * aj / eta * ((Dm @ a[..., None])[..., 0] - c)
+    if not hessian:
+        return gu
+    return gu, 2 * aj ** 2 / eta ** 2 * M + 2 * aj / eta ** 2 * ((Em @ a[..., None])[..., 0] - e)
+
+
+# nodes (fractions of the step) and weights of the quadrature in time of grad_u R along the
+# a-flow: 3-point Gauss-Legendre on the geometrically graded pieces [q^(k+1), q^k] (k < K)
+# and [0, q^K], which resolves the boundary layer of a fast a-flow (small eps) at any step
+_LAYER_Q, _LAYER_K = 0.125, 10
+
+
+def _layer_rule():
+    gx, gw = np.polynomial.legendre.leggauss(3)
+    edges = np.concatenate([[0.0], _LAYER_Q ** np.arange(_LAYER_K, -1, -1.0)])
+    lo, hi = edges[:-1, None], edges[1:, None]
+    nodes = ((lo + hi) / 2 + (hi - lo) / 2 * gx).ravel()
+    weights = ((hi - lo) / 2 * gw).ravel()
+    return np.concatenate([[0.0], nodes, [1.0]]), np.concatenate([[0.0], weights, [0.0]])
+
+
+_LAYER_NODES, _LAYER_WEIGHTS = _layer_rule()
 
 
 def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_steps, limit,
@@ -494,7 +530,8 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
     rows = torch.arange(B)
     eye = torch.eye(m + 1, dtype=u.dtype, device=u.device)
     steps = 0
-    dtau_max = tau_max / (n_records - 1)
+    last = torch.zeros(B, dtype=u.dtype)          # size of each run's last step (a-flow runs)
+    grown = torch.zeros(B, dtype=torch.bool)
     prev_u, prev_a = u, a
     good_u, good_a = u.clone(), a.clone()      # last finite state of every run
     first = True
@@ -508,7 +545,7 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             G, b = _gram(ua, target, eta)
             ridge = 1e-12 * G.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
             aa = torch.linalg.solve_ex(G + ridge * eye, b[..., None])[0][..., 0]
-        loss, ga, gu, hu, G, b = _terms(aa, ua, target, eta)
+        loss, ga, gu, hu, G, b, coup = _terms(aa, ua, target, eta)[:7]
         ok = (torch.isfinite(loss) & torch.isfinite(ga).all(1) & torch.isfinite(gu).all(1)
               & torch.isfinite(hu).all(1) & torch.isfinite(aa).all(1) & torch.isfinite(ua).all(1)
               & (ua.abs() < 10).all(1)).cpu()
@@ -551,21 +588,56 @@ def _tau_integrate(a, u, target, eta, eps, tau_max, n_records, max_disp, max_ste
             raise ValueError(f"tau_max={tau_max:g} with max_disp={max_disp:g} needs about {need:.3g} "
                              f"more steps at the current speed of the neurons, far more than "
                              f"max_steps={max_steps}: lower tau_max or raise max_disp")
-        dtau = torch.minimum(max_disp * eta / speed.clamp(min=1e-300), torch.full_like(ta, dtau_max))
-        dtau = torch.minimum(dtau, grid[nxt[act].clamp(max=n_records - 1)] - ta)
-        dtau = torch.where(live_a, dtau.clamp(min=0), torch.zeros_like(dtau))
-        dt_dev = dtau.to(u)
-        prev_u, prev_a = u, a
-        # u: linearly implicit (diagonal) Euler, stable for the stiff neurons sitting on a jump
-        ua = ua - dt_dev[:, None] * gu / (1 + dt_dev[:, None] * hu.clamp(min=0))
-        if not limit:
-            # a: exact flow of da/dt = -2(Ga - b) at frozen u, over t = dtau / eps
+        dt_rec = (grid[nxt[act].clamp(max=n_records - 1)] - ta).clamp(min=0)
+        dtau = torch.minimum(max_disp * eta / speed.clamp(min=1e-300), torch.full_like(ta, tau_max))
+        if bool(grown.any()):                 # at most _GROW times the last step's own size
+            dtau = torch.where(grown[act], torch.minimum(dtau, _GROW * last[act]), dtau)
+        dtau = torch.where(live_a, dtau, torch.zeros_like(dtau))
+        epsa = eps[act.to(u.device)]
+        if limit:
+            dtau = torch.minimum(dtau, dt_rec)
+            gbar, hend, a_end = gu, hu, aa
+        else:
+            # a: exact flow of da/dt = -2(Ga - b) at frozen u, a(s) = a0 - V phi(s) V^T (G a0 - b)
             lam, V = torch.linalg.eigh(G)
             lam = lam.clamp(min=0)
-            h = (dt_dev / eps[act.to(u.device)])[:, None]
-            phi = torch.where(lam * h > 1e-12, -torch.expm1(-2 * lam * h) / lam.clamp(min=1e-300), 2 * h)
-            grad_half = (G @ aa[..., None])[..., 0] - b
-            aa = aa - (V @ (phi * (V.transpose(1, 2) @ grad_half[..., None])[..., 0])[..., None])[..., 0]
+            gvec = (V.transpose(1, 2) @ ((G @ aa[..., None])[..., 0] - b)[..., None])[..., 0]
+            nodes = torch.as_tensor(_LAYER_NODES, dtype=u.dtype, device=u.device)
+            qw = torch.as_tensor(_LAYER_WEIGHTS, dtype=u.dtype, device=u.device)
+
+            def flow(dt):
+                # a and grad_u R at the quadrature nodes of [0, dt]
+                h = (dt.to(u) / epsa)[:, None, None] * nodes[:, None]          # (B, S, 1) in t
+                lh = lam[:, None, :] * h
+                ph = torch.where(lh > 1e-12, -torch.expm1(-2 * lh) / lam[:, None, :].clamp(min=1e-300),
+                                 2 * h)
+                a_s = aa[:, None, :] - (ph * gvec[:, None, :]) @ V.transpose(1, 2)
+                return a_s, _gu_hu(a_s, coup, eta, hessian=False)
+
+            # the step bounds the displacement over the whole step: speed at every node of the
+            # a-flow (a moving fast changes grad_u R), not only at the start
+            for _ in range(200):
+                a_s, g_s = flow(dtau)
+                smax = g_s.abs().amax((1, 2)).cpu()
+                bad = live_a & (dtau * smax > max_disp * eta * (1 + 1e-9))
+                if not bool(bad.any()):
+                    break
+                shrink = (max_disp * eta / (dtau * smax).clamp(min=1e-300)).clamp(0.05, 0.9)
+                dtau = torch.where(bad, dtau * shrink, dtau)
+            last[act] = torch.where(live_a, dtau, last[act])
+            grown[act] = grown[act] | live_a
+            if bool((dtau > dt_rec).any()):     # land on the next record: shorten this step
+                dtau = torch.minimum(dtau, dt_rec)
+                a_s, g_s = flow(dtau)
+            gbar = (qw[:, None] * g_s).sum(1)                 # mean of grad_u R over the step
+            a_end = a_s[:, -1]
+            hend = _gu_hu(a_end, coup, eta)[1]
+        dt_dev = dtau.to(u)
+        prev_u, prev_a = u, a
+        # u: linearly implicit (diagonal) Euler, stable for the stiff neurons sitting on a jump,
+        # with the mean of grad_u R along the a-flow and the Hessian at the end of the step
+        ua = ua - dt_dev[:, None] * gbar / (1 + dt_dev[:, None] * hend.clamp(min=0))
+        aa = a_end
         dv = ~live_a.to(u.device)[:, None]
         aa = torch.where(dv, aa.nan_to_num(0.0), aa)
         ua = torch.where(dv, ua.nan_to_num(0.0), ua)
@@ -596,14 +668,25 @@ def train_population(a0: torch.Tensor, u0: torch.Tensor, target: StepTarget, eta
     which is the mean dynamics of the online SGD of the paper (its small-step
     limit), up to slow time :math:`\tau=\varepsilon t=\tau_{\max}`.
 
-    Integrator (in :math:`\tau`, one step size per run): the :math:`a`-flow is
-    linear at frozen :math:`u`, :math:`\dot a=-2(Ga-b)`, and is integrated
-    *exactly* over :math:`\Delta t=\Delta\tau/\varepsilon` (eigendecomposition of
-    the Gram matrix :math:`G`), so the fast time scale puts no limit on the
-    step; :math:`u` takes a linearly implicit Euler step with the diagonal of
-    :math:`\nabla_u^2R`, stable for the stiff neurons that sit on a jump.  The
-    step is the largest with :math:`\Delta\tau\,\max_j|\partial_{u_j}R|\le`
-    ``max_disp`` :math:`\cdot\,\eta` and at most the spacing of the records.
+    Integrator (in :math:`\tau`, one step size per run, first order): the
+    :math:`a`-flow is linear at frozen :math:`u`, :math:`\dot a=-2(Ga-b)`, and
+    is integrated *exactly* over :math:`\Delta t=\Delta\tau/\varepsilon`
+    (eigendecomposition of the Gram matrix :math:`G`), so the fast time scale
+    puts no limit on the step.  :math:`u` takes a linearly implicit Euler step
+    with the diagonal of :math:`\nabla_u^2R`, stable for the stiff neurons that
+    sit on a jump, in which :math:`\nabla_uR` is its *mean along that
+    a-flow* over the step (:math:`\nabla_uR` is a quadratic polynomial in
+    :math:`a` at frozen :math:`u`; the mean is a Gauss--Legendre rule on
+    geometrically graded pieces of the step, which resolves the boundary layer
+    of a fast :math:`a`), and the Hessian diagonal is the one at the end of the
+    step.  The step is the largest with :math:`\Delta\tau\,\max_j|\partial_{u_j}
+    R|\le` ``max_disp`` :math:`\cdot\,\eta`, where the maximum is taken at every
+    node of the a-flow over the step (a moving :math:`a` changes the speed of
+    the neurons: from :math:`a=0`, where :math:`\nabla_uR=0`, the first step
+    already moves them) and which is at most 4 times the previous step.  The
+    records only shorten the step that would cross one, so that it lands on
+    it; the trajectory does not depend on ``n_records`` beyond that (an error
+    of order ``max_disp``).
 
     Parameters
     ----------
@@ -662,7 +745,10 @@ def train_limit(u0: torch.Tensor, target: StepTarget, eta: float, tau_max: float
         \frac{du}{d\tau} = -\nabla_u R(a^*(u),u)
 
     (by the envelope theorem this is also :math:`-\nabla_u\min_a R(a,u)`),
-    integrated with the same :math:`u`-steps as :func:`train_population`.
+    integrated with the same :math:`u`-steps as :func:`train_population`
+    (:math:`\Delta\tau\,\max_j|\partial_{u_j}R|\le` ``max_disp``
+    :math:`\cdot\,\eta`; the records only shorten the step that would cross
+    one).
     """
     eta = _eta(eta)
     _checks.tensor(u0, "u0", ndim=(1, 2), nonempty=True)

@@ -115,6 +115,56 @@ def test_small_eps_follows_the_limits_and_reaches_the_floor():
     assert not bool(pop.diverged.any())
 
 
+def _tt_start(m=12):
+    u0 = tt.init_positions(m, T, generator=mflib.generator(0))
+    return torch.zeros(1, m + 1, dtype=D), u0
+
+
+@pytest.mark.parametrize("eps,tau_max", [(1.0, 1.0), (2e-5, 0.02)])
+def test_population_flow_does_not_depend_on_the_records(eps, tau_max):
+    # the records only shorten the steps that cross them: the state at tau_max is the same for
+    # any number of records, within the first-order error of the integrator (below max_disp * eta
+    # in u, measured: 0.26 eta at eps = 1, tau = 2).  Before the fix the step was capped by the
+    # record spacing and the a-flow ignored: 11 records against 1001 moved neurons by ~50 eta.
+    a0, u0 = _tt_start()
+    md = 0.25
+    runs = [tt.train_population(a0, u0, T, ETA, eps, tau_max, n_records=n, max_disp=md)
+            for n in (3, 11, 101, 1001)]
+    ref = runs[-1]
+    for r in runs[:-1]:
+        assert float((r.u[0, -1] - ref.u[0, -1]).abs().max()) < md * ETA
+        assert math.isclose(float(r.loss[0, -1]), float(ref.loss[0, -1]), rel_tol=2e-2)
+        assert float((r.a - ref.a).abs().max()) < 0.1
+        assert r.steps <= ref.steps          # more records can only shorten steps
+    # the records lie on the grid and the state at a shared time agrees too
+    assert torch.allclose(runs[1].tau, torch.linspace(0, tau_max, 11, dtype=D))
+    assert float((runs[2].u[0, ::10] - ref.u[0, ::100]).abs().max()) < md * ETA
+
+
+def test_population_flow_converges_at_first_order_in_max_disp():
+    # halving max_disp halves the change (first order): |u(md) - u(md/2)| <= md * eta
+    for eps, tau_max in ((1.0, 0.5), (2e-5, 0.02)):
+        a0, u0 = _tt_start()
+        u = [tt.train_population(a0, u0, T, ETA, eps, tau_max, n_records=3, max_disp=md).u[0, -1]
+             for md in (0.2, 0.1, 0.05)]
+        d1 = float((u[0] - u[1]).abs().max())
+        d2 = float((u[1] - u[2]).abs().max())
+        assert d1 < 0.2 * ETA and d2 < 0.1 * ETA
+        assert d2 < 0.7 * d1                  # ratio 1/2 for a first-order method
+
+
+@pytest.mark.parametrize("eps", [1.0, 2e-5])
+def test_population_first_step_from_zero_outer_weights_moves_the_neurons(eps):
+    # at a = 0, grad_u R = 0; a moves at once and drags the neurons: the first step moves u
+    # (it used to be frozen for a whole record spacing), as far as the flow does
+    a0, u0 = _tt_start()
+    one = tt.train_population(a0, u0, T, ETA, eps, 1e-3, n_records=2)
+    fine = tt.train_population(a0, u0, T, ETA, eps, 1e-3, n_records=2, max_disp=0.02)
+    move = float((one.u[0, -1] - u0[0]).abs().max())
+    assert move > 0.0
+    assert float((one.u[0, -1] - fine.u[0, -1]).abs().max()) < 0.25 * move + 0.25 * ETA
+
+
 # ------------------------------------------------------------------ SGD
 
 
