@@ -51,7 +51,7 @@ __all__ = ["StepTarget", "paper_target", "smooth_step", "smooth_step_grad", "net
            "population_loss_grad", "step_floor", "init_positions", "TrainResult",
            "train_population", "train_limit", "heaviside_limit", "train_sgd",
            "jump_distance", "FixedSampleResult", "additive_step_problem", "relu_teacher_problem",
-           "train_fixed_sample", "optimal_outer"]
+           "train_fixed_sample", "optimal_outer", "excess_risk", "reduced_risk", "gram_min_eig"]
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(4)  # exact up to degree 7
 _GROW = 4.0   # a step is at most this many times the previous one (train_population)
@@ -321,6 +321,95 @@ def optimal_outer(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tens
         raise ValueError("the Gram system of u is singular (positions outside [0, 1]?)")
     _checks.finite_result(a, "a*(u)", "u or eta")
     return a[0] if squeeze else a
+
+
+def _flat_states(a, u, eta):
+    """Check (a, u) of shapes (..., m + 1), (..., m) with up to two batch axes; flatten them."""
+    _checks.tensor(u, "u", ndim=(1, 2, 3), nonempty=True)
+    _checks.tensor(a, "a", ndim=(1, 2, 3), nonempty=True)
+    shape = u.shape[:-1]
+    a2, u2 = a.reshape(-1, a.shape[-1]), u.reshape(-1, u.shape[-1])
+    if a.shape[:-1] != shape:
+        raise ValueError(f"a must have shape (..., m + 1) for u of shape (..., m); got a "
+                         f"{tuple(a.shape)} and u {tuple(u.shape)}")
+    eta = _check_params(a2, u2, eta)
+    if float(u.detach().abs().max()) > 1e6:
+        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
+    return a2, u2, shape, eta
+
+
+def excess_risk(a: torch.Tensor, u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tensor:
+    r"""How far the outer weights are from optimal for the current positions:
+
+    .. math::
+
+        R(a,u)-\bar R(u) = R(a,u)-\min_{a'}R(a',u) = (a-a^*(u))^\top G(u)\,(a-a^*(u))\ \ge 0,
+
+    exact because :math:`R` is quadratic in :math:`a` with Hessian :math:`2G`
+    (here :math:`\nabla_aR=2(Ga-b)`, so the quadratic form carries no factor).
+
+    Parameters
+    ----------
+    a : torch.Tensor
+        Shape ``(..., m + 1)`` with up to two batch axes (runs, records).
+    u : torch.Tensor
+        Shape ``(..., m)``, the same batch axes.
+    target : StepTarget
+    eta : float
+        > 0.
+
+    Returns
+    -------
+    torch.Tensor
+        The excess risk, with the batch shape of ``u``.
+    """
+    a2, u2, shape, eta = _flat_states(a, u, eta)
+    target = _target(target, u2, "u")
+    G, b = _gram(u2, target, eta)
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    ridge = 1e-12 * G.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
+    a_opt = torch.linalg.solve_ex(G + ridge * eye, b)[0]
+    d = a2 - a_opt
+    out = torch.einsum("bi,bij,bj->b", d, G, d).clamp(min=0)
+    _checks.finite_result(out, "excess risk", "u or eta")
+    return out.reshape(shape)
+
+
+def reduced_risk(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tensor:
+    r"""The reduced risk :math:`\bar R(u)=\min_aR(a,u)=R(a^*(u),u)`, the risk that the
+    positions see in the two-timescale limit; ``u`` has shape ``(..., m)`` with up
+    to two batch axes (runs, records) and the result has its batch shape.  With
+    the records of a run, ``loss - reduced_risk(u)`` is its excess risk
+    :math:`R(a,u)-\bar R(u)` (see :func:`excess_risk`)."""
+    eta = _eta(eta)
+    _checks.tensor(u, "u", ndim=(1, 2, 3), nonempty=True)
+    if float(u.detach().abs().max()) > 1e6:
+        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
+    u2 = u.reshape(-1, u.shape[-1])
+    target = _target(target, u2, "u")
+    out = _population_loss(optimal_outer(u2, target, eta), u2, target, eta)
+    return out.reshape(u.shape[:-1])
+
+
+def gram_min_eig(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tensor:
+    r"""Smallest eigenvalue :math:`\lambda_{\min}(G(u))` of the Gram matrix
+    :math:`G=\int_0^1\phi\phi^\top`, :math:`\phi=(1,\sigma_1,\dots,\sigma_m)`.
+
+    At frozen :math:`u` the outer weights run :math:`\dot a=-2(Ga-b)`, so
+    :math:`a` relaxes to :math:`a^*(u)` at the rate :math:`2\lambda_{\min}` in
+    the fast time :math:`t`, that is in a slow time of order
+    :math:`\varepsilon/(2\lambda_{\min})`: the timescales separate when this is
+    small against the time over which the positions change.  ``u`` has shape
+    ``(..., m)`` with up to two batch axes; the result has its batch shape.
+    """
+    eta = _eta(eta)
+    _checks.tensor(u, "u", ndim=(1, 2, 3), nonempty=True)
+    if float(u.detach().abs().max()) > 1e6:
+        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
+    u2 = u.reshape(-1, u.shape[-1])
+    target = _target(target, u2, "u")
+    lam = torch.linalg.eigvalsh(_gram(u2, target, eta)[0])[:, 0]
+    return lam.reshape(u.shape[:-1])
 
 
 def step_floor(target: StepTarget, eta: float) -> float:

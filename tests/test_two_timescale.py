@@ -246,3 +246,44 @@ def test_heaviside_limit_without_two_neurons_per_piece_can_miss_a_jump():
     assert float(good.loss[0, -1]) < 1e-12
     assert math.isclose(float(bad.loss[0, -1]), 0.15, rel_tol=1e-9)
     assert float(tt.jump_distance(bad.u[0, -1], target)[0]) > 0.2
+
+
+def test_excess_risk_is_the_gap_to_the_optimal_outer_weights():
+    target = tt.paper_target(D)
+    u = tt.init_positions(8, target, batch=3, generator=mflib.generator(5), min_per_piece=0)
+    a = torch.randn(3, 9, generator=mflib.generator(6), dtype=D)
+    eta = 0.02
+    gap = tt.population_loss_grad(a, u, target, eta, grad=False) \
+        - tt.population_loss_grad(tt.optimal_outer(u, target, eta), u, target, eta, grad=False)
+    ex = tt.excess_risk(a, u, target, eta)
+    assert torch.allclose(ex, gap, rtol=1e-9, atol=1e-12)
+    assert float(tt.excess_risk(tt.optimal_outer(u, target, eta), u, target, eta).abs().max()) < 1e-10
+    # records axis: (runs, records, m)
+    red = tt.reduced_risk(u, target, eta)
+    assert torch.allclose(tt.population_loss_grad(a, u, target, eta, grad=False) - red, ex, rtol=1e-9, atol=1e-12)
+    ex2 = tt.excess_risk(torch.stack([a, a], 1), torch.stack([u, u], 1), target, eta)
+    assert ex2.shape == (3, 2) and torch.allclose(ex2[:, 1], ex)
+    with pytest.raises(ValueError, match="a"):
+        tt.excess_risk(a[:, :-1], u, target, eta)
+
+
+def test_gram_min_eig_is_the_relaxation_rate_of_the_outer_weights():
+    target = tt.paper_target(D)
+    u = tt.init_positions(6, target, generator=mflib.generator(7), min_per_piece=0)
+    eta = 0.02
+    lam = float(tt.gram_min_eig(u, target, eta)[0])
+    assert lam > 0
+    # da/dt = -2 (G a - b): the excess risk decays at least like exp(-4 lam t), and the
+    # slowest mode decays exactly at that rate
+    a_opt = tt.optimal_outer(u, target, eta)
+    G = tt._gram(u, target, eta)[0][0]
+    w, V = torch.linalg.eigh(G)
+    assert math.isclose(float(w[0]), lam, rel_tol=1e-12)
+    a = a_opt + V[:, 0]
+    t = 3.0
+    a_t = a_opt + math.exp(-2 * lam * t) * V[:, 0]
+    ratio = float(tt.excess_risk(a_t, u, target, eta)[0] / tt.excess_risk(a, u, target, eta)[0])
+    assert math.isclose(ratio, math.exp(-4 * lam * t), rel_tol=1e-8)
+    # two neurons closing in on each other: G becomes singular
+    close = torch.tensor([[0.2, 0.4, 0.4 + 1e-4, 0.7]], dtype=D)
+    assert float(tt.gram_min_eig(close, target, eta)[0]) < 1e-5
