@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 
@@ -173,11 +174,21 @@ def _key(key) -> str:
     return key
 
 
+_TEX_OUTSIDE_MATH = re.compile(r"\\[A-Za-z]+|\^\{|_\{")
+
+
 def _text(v, name: str, *, required: bool = True) -> str:
+    """A text shown on the Claims page: MyST inline markup, mathematics only
+    inside ``$...$`` (TeX elsewhere would be shown raw)."""
     if not isinstance(v, str):
         raise TypeError(f"{name} must be a str, got {type(v).__name__}")
     if required and not v.strip():
         raise ValueError(f"{name} must say something (it is shown on the Claims page)")
+    prose = re.sub(r"`[^`]*`", " ", re.sub(r"\$[^$]*\$", " ", v))
+    bad = _TEX_OUTSIDE_MATH.search(prose)
+    if bad or prose.count("$") % 2:
+        raise ValueError(f"{name} has TeX outside $...$ ({(bad.group(0) if bad else '$')!r}): "
+                         f"put mathematics between dollars, got {v!r}")
     return v
 
 

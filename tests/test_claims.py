@@ -168,3 +168,12 @@ def test_ledger_extension_reads_prose_keys():
 
     src = "Text {glue:text}`a:.2f` and {glue:text}`b`.\n```{code-cell} ipython3\nglue('c', 1)  # {glue:text}`c`\n```\n{glue:text}`a`"
     assert mflib_claims._prose_paste_keys(src) == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize("text", [r"error \eta small", "rate m^{-1/2}", "K_{0,inf}", "unbalanced $x"])
+def test_claim_texts_keep_tex_inside_math(text):
+    with pytest.raises(ValueError, match="what"):
+        claims.claim("k", 0.5, upper=1.0, what=text, tolerance="t", source="s")
+    c = claims.claim("k", 0.5, upper=1.0, what="rate $m^{-1/2}$ with {prf:ref}`thm-x_{y}`", tolerance="t",
+                     source="s")
+    assert c.passed
