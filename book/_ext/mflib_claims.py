@@ -45,7 +45,10 @@ class ClaimsTable(SphinxDirective):
 
     def run(self):
         self.env.mflib_claims_pages = getattr(self.env, "mflib_claims_pages", set()) | {self.env.docname}
-        return [ClaimsTableNode()]
+        # The table is filled in when pages are written, after Sphinx has decided
+        # from the parsed page whether it needs MathJax: an (empty) math node in
+        # the placeholder makes the page load it for the claims' mathematics.
+        return [ClaimsTableNode("", nodes.math("", ""))]
 
 
 def _glue_file(app, docname: str) -> Path:
