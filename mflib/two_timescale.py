@@ -375,18 +375,24 @@ def excess_risk(a: torch.Tensor, u: torch.Tensor, target: StepTarget, eta: float
     return out.reshape(shape)
 
 
+def _positions_batch(u, target, eta):
+    """Checked ``eta``, positions ``u`` of shape ``(..., m)`` (up to two batch
+    axes) flattened to ``(B, m)``, and the checked target."""
+    eta = _eta(eta)
+    _checks.tensor(u, "u", ndim=(1, 2, 3), nonempty=True)
+    if float(u.detach().abs().max()) > 1e6:
+        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
+    u2 = u.reshape(-1, u.shape[-1])
+    return eta, u2, _target(target, u2, "u")
+
+
 def reduced_risk(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tensor:
     r"""The reduced risk :math:`\bar R(u)=\min_aR(a,u)=R(a^*(u),u)`, the risk that the
     positions see in the two-timescale limit; ``u`` has shape ``(..., m)`` with up
     to two batch axes (runs, records) and the result has its batch shape.  With
     the records of a run, ``loss - reduced_risk(u)`` is its excess risk
     :math:`R(a,u)-\bar R(u)` (see :func:`excess_risk`)."""
-    eta = _eta(eta)
-    _checks.tensor(u, "u", ndim=(1, 2, 3), nonempty=True)
-    if float(u.detach().abs().max()) > 1e6:
-        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
-    u2 = u.reshape(-1, u.shape[-1])
-    target = _target(target, u2, "u")
+    eta, u2, target = _positions_batch(u, target, eta)
     out = _population_loss(optimal_outer(u2, target, eta), u2, target, eta)
     return out.reshape(u.shape[:-1])
 
@@ -402,12 +408,7 @@ def gram_min_eig(u: torch.Tensor, target: StepTarget, eta: float) -> torch.Tenso
     small against the time over which the positions change.  ``u`` has shape
     ``(..., m)`` with up to two batch axes; the result has its batch shape.
     """
-    eta = _eta(eta)
-    _checks.tensor(u, "u", ndim=(1, 2, 3), nonempty=True)
-    if float(u.detach().abs().max()) > 1e6:
-        raise ValueError("u is too large: positions far outside [0, 1] give a singular system")
-    u2 = u.reshape(-1, u.shape[-1])
-    target = _target(target, u2, "u")
+    eta, u2, target = _positions_batch(u, target, eta)
     lam = torch.linalg.eigvalsh(_gram(u2, target, eta)[0])[:, 0]
     return lam.reshape(u.shape[:-1])
 
