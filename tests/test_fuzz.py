@@ -64,6 +64,20 @@ from mflib import (arccos, backprop, claims, config, data, empirical, erm, gp, g
                    landscape, lazy, losses, meanfield, nets, plotting, propagation, stats,
                    threelayer as tl, two_timescale as tt, two_timescale_sgd as tts, universal)
 from mflib._checks import Diverged  # noqa: E402
+from mflib import activations  # noqa: E402
+from mflib.dynamics import loop  # noqa: E402
+
+
+class _Halve(loop.Engine):
+    """A valid engine for the loop's fuzzing: x <- x / 2."""
+
+    def _step(self, x, k):
+        return x * 0.5
+
+    def _observe(self, x, k):
+        return {"norm": x.norm()}
+
+    in_place = False
 
 D = torch.float64
 TIMEOUT = 30.0          # seconds: a call past this is counted as a hang
@@ -165,6 +179,20 @@ def _sphere_data():
 # name -> callable returning the keyword arguments of one valid call
 
 VALID = {
+    # activations
+    "activations.Activation": lambda: dict(name="tanh", fn=torch.tanh, derivative=torch.tanh),
+    "activations.Activation.__call__": lambda: dict(self=activations.get("tanh"), z=X),
+    "activations.Activation.both": lambda: dict(self=activations.get("relu"), z=X),
+    "activations.get": lambda: dict(activation="erf", name="activation", allowed=None),
+    "activations.names": lambda: dict(),
+    # dynamics.loop
+    "dynamics.loop.Engine": lambda: dict(),
+    "dynamics.loop.Trajectory": lambda: dict(state=X, steps=torch.tensor([0]), times=torch.tensor([0.0], dtype=D),
+                                             values={}, states=None, diverged=False),
+    "dynamics.loop.integrate": lambda: dict(engine=_Halve(), state=X, steps=4, record=[0, 2, 4],
+                                            keep_states=True, on_diverge="flag", progress=False, aliases=None),
+    "dynamics.loop.schedule": lambda: dict(steps=5, record=[0, 3], name="record"),
+    "dynamics.loop.every": lambda: dict(steps=5, period=2, name="period"),
     # arccos
     "arccos.angle": lambda: dict(s12=torch.tensor([0.5, -0.2], dtype=D), s11=torch.tensor([1.0, 2.0], dtype=D),
                                  s22=torch.tensor([1.0, 0.5], dtype=D), eps=0.0),
@@ -497,6 +525,7 @@ VALID = {
 #: bad arguments are not tried.  Containers that do validate (``Embedding``,
 #: ``StepTarget``) are fuzzed like functions.
 CONTAINERS = {
+    "activations.Activation", "dynamics.loop.Engine", "dynamics.loop.Trajectory",
     "backprop.Cache", "backprop.Timing", "data.Dataset", "erm.Run", "gp.GPPosterior", "gp.Flow",
     "kernels.Kernels", "landscape.TwoLayerRun", "lazy.TeacherStudent", "lazy.TrainResult", "lazy.Kappa",
     "lazy.Digits", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
@@ -515,6 +544,9 @@ ACCEPTED = {
     ("nets.resolve_activation", "name"): "any",
     ("erm.objective", "loss"): "names",          # a Loss object or a name
     ("losses.get", "loss"): "names",
+    ("activations.get", "activation"): "names",  # a name, an Activation, or any callable
+    ("dynamics.loop.integrate", "state"): "any",  # any tensor or container of tensors
+    ("dynamics.loop.integrate", "aliases"): "any",
     ("lazy.train", "record_every"): "none", ("erm.sgd", "batch_size"): "none",
     ("erm.sgd", "decay"): "none", ("threelayer.train", "batch_size"): "none",
     ("lazy.train", "batch_size"): "none",
@@ -530,21 +562,22 @@ ACCEPTED = {
 def public_names():
     """Every public function and class defined in an ``mflib`` module."""
     out = {}
-    for info in pkgutil.iter_modules(mflib.__path__):
-        if info.name.startswith("_"):
+    for info in pkgutil.walk_packages(mflib.__path__, prefix="mflib."):
+        rel = info.name[len("mflib."):]
+        if any(part.startswith("_") for part in rel.split(".")) or info.ispkg:
             continue
-        mod = importlib.import_module(f"mflib.{info.name}")
+        mod = importlib.import_module(info.name)
         for name in dir(mod):
             obj = getattr(mod, name)
             if name.startswith("_") or not callable(obj):
                 continue
             if getattr(obj, "__module__", None) != mod.__name__:
                 continue
-            out[f"{info.name}.{name}"] = obj
+            out[f"{rel}.{name}"] = obj
             if inspect.isclass(obj):        # and the methods the class itself defines
                 for meth, fn in vars(obj).items():
                     if inspect.isfunction(fn) and (not meth.startswith("_") or meth == "__call__"):
-                        out[f"{info.name}.{name}.{meth}"] = fn
+                        out[f"{rel}.{name}.{meth}"] = fn
     return out
 
 
