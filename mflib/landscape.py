@@ -31,14 +31,13 @@ mirror :math:`(-1, -1)` computing the same function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from mflib import _checks
+from mflib.dynamics import loop
 
 __all__ = ["two_layer", "risk", "slice_risk", "slice_function", "hessian",
-           "saddle_curvature", "TwoLayerRun", "gradient_descent"]
+           "saddle_curvature", "gradient_descent"]
 
 
 def _params(a, B, x, na="a", nb="B"):
@@ -198,34 +197,35 @@ def saddle_curvature(x: torch.Tensor, y: torch.Tensor, slope: float = 1.0) -> fl
                                  "x, y or slope (their scale)")
 
 
-@dataclass
-class TwoLayerRun:
-    """Trajectory of :func:`gradient_descent`.
+class _GradientDescent(loop.Engine):
+    """Full-batch gradient descent on :math:`F`, gradients by autograd."""
 
-    Attributes
-    ----------
-    a, B : torch.Tensor
-        Last (finite) iterate.
-    steps : torch.Tensor
-        Recorded step numbers (``int64``), starting with 0.
-    risk : torch.Tensor
-        :math:`F` at the recorded steps.
-    diverged : bool
-        True if the run produced non-finite values (records stop before).
-    """
+    initial_error = "the initial risk is not finite: a0, B0, x, y or activation (their scale)"
 
-    a: torch.Tensor
-    B: torch.Tensor
-    steps: torch.Tensor
-    risk: torch.Tensor
-    diverged: bool
+    def __init__(self, x, y, activation, lr):
+        self.x, self.y, self.activation, self.dt = x, y, activation, lr
+
+    def _step(self, state, k):
+        a, B = state
+        with torch.enable_grad():
+            a_ = a.detach().requires_grad_(True)
+            B_ = B.detach().requires_grad_(True)
+            ga, gB = torch.autograd.grad(_risk(a_, B_, self.x, self.y, self.activation), (a_, B_))
+        a.add_(ga, alpha=-self.dt)
+        B.add_(gB, alpha=-self.dt)
+        return state
+
+    def _observe(self, state, k):
+        with torch.no_grad():
+            return {"risk": _risk(state[0], state[1], self.x, self.y, self.activation)}
 
 
 def gradient_descent(a0: torch.Tensor, B0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
-                     step: float, n_steps: int, activation=torch.tanh,
-                     record_every: int = 1) -> TwoLayerRun:
-    r"""Full-batch gradient descent on :math:`F` with ``torch.optim.SGD``:
-    :math:`w_{k+1} = w_k - \eta\nabla F(w_k)`.
+                     lr: float, steps: int, activation=torch.tanh,
+                     record_every: int = 1, on_diverge: str = "flag") -> loop.Trajectory:
+    r"""Full-batch gradient descent on :math:`F`:
+    :math:`w_{k+1} = w_k - \eta\nabla F(w_k)` (gradients by autograd), run by
+    the library's one loop (:func:`mflib.dynamics.loop.integrate`).
 
     Parameters
     ----------
@@ -233,46 +233,32 @@ def gradient_descent(a0: torch.Tensor, B0: torch.Tensor, x: torch.Tensor, y: tor
         Initial point, shapes ``(m,)`` and ``(m, d)``.
     x, y : torch.Tensor
         Data, shapes ``(n, d)`` and ``(n,)``.
-    step : float
+    lr : float
         :math:`\eta > 0`.
-    n_steps : int
+    steps : int
         Number of updates (at least 1).
     activation : callable
         :math:`\sigma` (default ``torch.tanh``).
     record_every : int
         Record :math:`F` every this many steps (and at the last step).
+    on_diverge : str
+        ``"flag"`` or ``"raise"``, see :func:`mflib.dynamics.loop.integrate`.
 
     Returns
     -------
-    TwoLayerRun
+    mflib.dynamics.loop.Trajectory
+        ``a``, ``B`` (the last finite iterate), ``risk`` (:math:`F` at the
+        recorded ``steps``), ``diverged``.
     """
     a0, B0, x, y, activation = _data(a0, B0, x, y, activation, "a0", "B0")
-    step = _checks.real(step, "step", positive=True)
-    n_steps = _checks.size(n_steps, "n_steps")
+    lr = _checks.real(lr, "lr", positive=True)
+    steps = _checks.size(steps, "steps")
     record_every = _checks.size(record_every, "record_every")
-    _checks.budget(8.0 * n_steps * (x.shape[0] * B0.numel() + 100), "n_steps and x")
-    a = a0.detach().clone().requires_grad_(True)
-    B = B0.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([a, B], lr=step)
-    steps, values = [0], []
-    with torch.no_grad():
-        values.append(_out(_risk(a, B, x, y, activation), "the initial risk", activation,
-                           "a0, B0, x, y or activation"))
-    last = (a.detach().clone(), B.detach().clone())
-    diverged = False
-    for k in range(n_steps):
-        opt.zero_grad(set_to_none=True)
-        _risk(a, B, x, y, activation).backward()
-        opt.step()
-        if (k + 1) % record_every == 0 or k + 1 == n_steps:
-            with torch.no_grad():
-                value = _risk(a, B, x, y, activation)
-                if not (bool(torch.isfinite(value)) and bool(torch.isfinite(a).all())
-                        and bool(torch.isfinite(B).all())):
-                    diverged = True
-                    break
-                steps.append(k + 1)
-                values.append(value)
-                last = (a.detach().clone(), B.detach().clone())
-    return TwoLayerRun(a=last[0], B=last[1], steps=torch.tensor(steps, dtype=torch.int64),
-                       risk=torch.stack(values).detach(), diverged=diverged)
+    _checks.choice(on_diverge, "on_diverge", loop.DIVERGENCE_POLICIES)
+    _checks.budget(8.0 * steps * (x.shape[0] * B0.numel() + 100), "steps and x")
+    _out(_risk(a0.detach(), B0.detach(), x, y, activation), "the initial risk", activation,
+         "a0, B0, x, y or activation")
+    return loop.integrate(_GradientDescent(x, y, activation, lr), (a0.detach(), B0.detach()),
+                          steps=steps, record=loop.every(steps, record_every, "record_every"),
+                          on_diverge=on_diverge,
+                          aliases={"a": lambda t: t.state[0], "B": lambda t: t.state[1]})

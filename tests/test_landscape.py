@@ -57,7 +57,7 @@ def test_gradient_descent_escapes_the_saddle_later_from_smaller_init(problem):
     x, y, a, B = problem
     exits = []
     for delta in [1e-2, 1e-4]:
-        run = landscape.gradient_descent(delta * a, delta * B, x, y, step=0.4, n_steps=250)
+        run = landscape.gradient_descent(delta * a, delta * B, x, y, lr=0.4, steps=250)
         assert not run.diverged
         below = (run.risk < 0.9 * run.risk[0]).nonzero()
         exits.append(int(below[0]))
@@ -74,7 +74,7 @@ def test_bad_arguments(problem):
         landscape.two_layer(a, B[:, :1], x)
     with pytest.raises(TypeError, match="activation must be callable"):
         landscape.risk(a, B, x, y, activation="tanh")
-    with pytest.raises(ValueError, match="step must be > 0"):
-        landscape.gradient_descent(a, B, x, y, step=-1.0, n_steps=2)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        landscape.gradient_descent(a, B, x, y, lr=-1.0, steps=2)
     with pytest.raises(ValueError, match="x and y must have the same number of rows"):
         landscape.risk(a, B, x, y[:-1])
