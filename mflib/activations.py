@@ -1,8 +1,9 @@
 r"""One registry of activation functions, each with its derivative and, where a
 closed form exists, its Gaussian moments (its infinite-width kernel map).
 
-Every model (:mod:`mflib.models`) and every kernel (:mod:`mflib.kernels`)
-takes its activation from here, by name or as an :class:`Activation`.  An
+Every model and every kernel
+is to take its activation from here (the migration of the older per-module
+tables is under way), by name or as an :class:`Activation`.  An
 activation and the map that sends a Gaussian covariance to the next layer's
 covariance are written side by side, as in neural-tangents'
 ``stax/elementwise.py``:
@@ -14,8 +15,8 @@ covariance are written side by side, as in neural-tangents'
    (u, v) \sim \mathcal N\Bigl(0, \begin{pmatrix} s_{11} & s_{12}\\ s_{12} & s_{22}\end{pmatrix}\Bigr).
 
 Closed forms: ``relu`` (the arc-cosine kernels of degrees 1 and 0, Cho & Saul
-2009, see :mod:`mflib.kernels.arccos`), ``erf`` (Williams 1997) and
-``identity``.  For the others :func:`mflib.kernels.analytic.nngp_ntk` falls back to
+2009, see :mod:`mflib.arccos`), ``erf`` (Williams 1997) and
+``identity``.  For the others :func:`mflib.kernels.nngp_ntk` falls back to
 two-dimensional Gauss--Hermite quadrature (documented there, with its
 measured accuracy).
 

@@ -1,8 +1,8 @@
-r"""The one training loop of :mod:`mflib`.
+r"""The training loop of :mod:`mflib`, meant to be its only one.
 
-Every engine of the library (closed-form gradient descent, autograd, the exact
-population gradient, the two-timescale flow, the compiled per-sample SGD)
-is an :class:`Engine`: it says how to take a step from a state, and what to
+An engine (closed-form gradient descent, autograd, the exact population
+gradient, the two-timescale flow, the compiled per-sample SGD) is an
+:class:`Engine`: it says how to take a step from a state, and what to
 record about a state.  :func:`integrate` does the rest, the same way for all
 of them, as torchdiffeq's ``FixedGridODESolver.integrate`` does for its
 steppers:
@@ -17,14 +17,18 @@ steppers:
 * it reports progress with ``tqdm`` when run from a terminal (or when asked);
 * it returns one result type, :class:`Trajectory`.
 
-An engine overrides :meth:`Engine._step` and, if it records anything,
-:meth:`Engine._observe`.  Two optional hooks serve fast paths:
-:meth:`Engine._step_observe` (the gradient and the recorded risk come from one
-computation, as for the exact population gradient) and :meth:`Engine._advance`
+An engine overrides ``Engine._step`` and, if it records anything,
+``Engine._observe``.  Two optional hooks serve fast paths:
+``Engine._step_observe`` (the gradient and the recorded risk come from one
+computation, as for the exact population gradient) and ``Engine._advance``
 (many steps at once, as the compiled per-sample loop does between records).
 The choice between engines is made once, before the loop, by the function
 that builds the engine (``method=`` looks it up in that module's registry);
 nothing branches on a method inside the loop.
+
+The engines are being moved onto this loop one at a time; so far
+:func:`mflib.landscape.gradient_descent` runs on it, the other engines still
+have their own loops.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ DIVERGENCE_POLICIES = ("flag", "raise")
 
 
 class Engine:
-    """One way of advancing a training run; subclass and override :meth:`_step`.
+    """One way of advancing a training run; subclass and override ``_step``.
 
     Attributes
     ----------
@@ -55,7 +59,7 @@ class Engine:
         Time per step: the recorded times are ``steps * dt`` (the learning
         rate of a gradient method, the time step of a flow).
     in_place : bool
-        True when :meth:`_step` may modify the state it is given (the loop then
+        True when ``_step`` may modify the state it is given (the loop then
         copies the state it keeps); False when it returns a new state.
     initial_error : str
         The message of the ``ValueError`` raised when the initial state or
@@ -191,7 +195,7 @@ def _stack(items):
 # ----------------------------------------------------------------------------- the result
 @dataclass
 class Trajectory:
-    """The result of every training engine of :mod:`mflib`.
+    """The result of a run of :func:`integrate`.
 
     Attributes
     ----------
@@ -215,10 +219,10 @@ class Trajectory:
         ran to ``steps`` if they were only seen at its end).
     aliases : dict
         Names by which an engine exposes parts of the result (for example
-        ``theta`` for :attr:`state`, ``risk`` for ``values["risk"]``): an
+        ``theta`` for ``state``, ``risk`` for ``values["risk"]``): an
         attribute lookup ``trajectory.name`` resolves ``aliases[name]`` to
-        ``"state"``, ``"states"``, a key of :attr:`values`, or a callable of
-        the trajectory.  Keys of :attr:`values` are attributes too.
+        ``"state"``, ``"states"``, a key of ``values``, or a callable of
+        the trajectory.  Keys of ``values`` are attributes too.
     """
 
     state: Any
@@ -283,7 +287,7 @@ def integrate(engine: Engine, state, *, steps: int, record=None, keep_states: bo
         Show a ``tqdm`` bar; by default only for long runs started from a
         terminal (never inside a notebook build).
     aliases : dict, optional
-        See :attr:`Trajectory.aliases`.
+        See ``Trajectory.aliases``.
 
     Returns
     -------
