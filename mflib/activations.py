@@ -177,7 +177,7 @@ def _identity_moments(s12, v1, v2, need_dot):
     return s12.clone(), (torch.ones_like(s12) if need_dot else None)
 
 
-#: The registry: name -> :class:`Activation`.
+#: The registry, mapping each name to its :class:`Activation`.
 ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation("relu", torch.relu, _relu_d, _relu_both, _relu_moments),
     "erf": Activation("erf", torch.erf, _erf_d, None, _erf_moments),
@@ -209,7 +209,7 @@ def get(activation, name: str = "activation", *, allowed=None) -> Activation:
 
     Parameters
     ----------
-    activation : str, Activation, callable or pair of callables
+    activation : str, Activation or callable
         A registered name (see :func:`names`), an :class:`Activation`, an
         elementwise callable (its derivative is then taken by forward-mode
         automatic differentiation), or a pair ``(phi, dphi)``.
