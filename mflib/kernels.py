@@ -80,7 +80,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from mflib import _checks, arccos
+from mflib import _checks
+from mflib import activations as _activations
 from mflib.nets import resolve_activation
 
 __all__ = ["Kernels", "nngp", "ntk", "nngp_ntk", "CLOSED_FORMS"]
@@ -105,27 +106,10 @@ class Kernels(NamedTuple):
 # on matrices go through the fused in-place "block updates" below, which compute the same
 # formulas with as few passes over memory as possible.
 
-def _relu_moments(s12, v1, v2, need_dot):
-    prod = v1 * v2
-    root = torch.sqrt(torch.clamp(prod - s12 * s12, min=0.0))
-    theta = torch.atan2(root, s12)
-    k0 = arccos._kappa0(theta)
-    e = root * (1.0 / (2 * math.pi)) + k0 * s12
-    return e, (k0 if need_dot else None)
-
-
-def _erf_moments(s12, v1, v2, need_dot):
-    prod = (1.0 + 2.0 * v1) * (1.0 + 2.0 * v2)
-    root = torch.sqrt(torch.clamp(prod - 4.0 * s12 * s12, min=0.0))
-    e = torch.atan2(2.0 * s12, root) * (2.0 / math.pi)
-    if not need_dot:
-        return e, None
-    tiny = torch.finfo(s12.dtype).tiny
-    return e, (4.0 / math.pi) / torch.clamp(root, min=tiny)
-
-
-def _identity_moments(s12, v1, v2, need_dot):
-    return s12.clone(), (torch.ones_like(s12) if need_dot else None)
+# The closed forms are the activations' own (mflib.activations), written beside them.
+_relu_moments = _activations.ACTIVATIONS["relu"].moments
+_erf_moments = _activations.ACTIVATIONS["erf"].moments
+_identity_moments = _activations.ACTIVATIONS["identity"].moments
 
 
 def _relu_block_(s, t, v1, v2, w2, b2, tmp1, tmp2):

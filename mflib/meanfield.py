@@ -50,7 +50,9 @@ from dataclasses import dataclass
 import torch
 
 from mflib.stats import fit_slope  # noqa: F401  (re-exported for the pages)
-from mflib import _checks, arccos
+from mflib import _checks
+from mflib import arccos
+from mflib.dynamics import loop as _loop
 from mflib._checks import Diverged
 
 __all__ = ["Trajectory", "init_particles", "forward", "grad", "empirical_risk",
@@ -448,27 +450,7 @@ class Trajectory:
 
 
 def _record_steps(record, steps: int) -> torch.Tensor:
-    if record is None:
-        return torch.tensor([0, steps])
-    if isinstance(record, int) and not isinstance(record, bool):
-        k = _checks.size(record, "record", minimum=2, maximum=10 ** 6)
-        r = torch.unique(torch.round(torch.logspace(0, math.log10(max(steps, 1)), k - 1)).long())
-        return torch.unique(torch.cat([torch.tensor([0]), r.clamp(max=steps)]))
-    if isinstance(record, torch.Tensor):
-        if record.is_floating_point() or record.is_complex() or record.dtype == torch.bool:
-            raise TypeError(f"record must hold integer step indices, got dtype {record.dtype}")
-        items = record.flatten().tolist()
-    elif isinstance(record, (list, tuple, range)):
-        items = list(record)
-    else:
-        raise TypeError(f"record must be None, an int or a sequence of step indices, "
-                        f"got {type(record).__name__}")
-    items = [_checks.integer(k, "record", minimum=0) for k in items]
-    if any(k > steps for k in items):
-        raise ValueError(f"record must hold step indices in [0, steps={steps}], got {max(items)}")
-    if not items:
-        raise ValueError("record must hold at least one step index")
-    return torch.unique(torch.tensor(items, dtype=torch.long))
+    return torch.tensor(_loop.schedule(steps, record), dtype=torch.long)
 
 
 def _penalty_grad(theta, reg, lam):
