@@ -213,28 +213,43 @@ def _forward(theta, x, activation, scaling):
     return alpha * (s @ theta[:, 0])
 
 
-def _grad_raw(theta, xt, y, activation, alpha):
+def _grad_raw(theta, xt, y, activation, alpha, work=None):
     """Closed-form gradient of 0.5*mean((h-y)^2): returns (grad_a (m,), grad_w (m, p), residual).
 
     Two matrix products and a few fused elementwise passes; grad_w is returned as a
-    transposed view of a (p, m) product (the cheaper layout of the second matmul).
+    transposed view of a (p, m) product (the cheaper layout of the second matmul).  ``work``
+    (a dict, filled on first use) holds the (n, m) and (p, m) buffers across the steps of a
+    training loop: fresh multi-megabyte tensors at every step cost page faults that are a
+    sizeable share of a step.  The returned tensors then live in those buffers.
     """
     a = theta[:, 0]
-    z = xt @ theta[:, 1:].T                                   # (n, m)
-    c = alpha / xt.shape[0]
+    n, m, p = xt.shape[0], theta.shape[0], xt.shape[1]
+    z = torch.mm(xt, theta[:, 1:].T, out=_buffer(work, "z", (n, m), xt))    # (n, m)
+    c = alpha / n
     if activation == "relu":
         s = z.relu_()                                         # in place: z is not needed again
         r = torch.mv(s, a).mul_(alpha).sub_(y)
         ga = torch.mv(s.T, r).mul_(c)
         # relu'(z) * r, as autograd does it (the fastest masked product on CPU)
-        gz = torch.ops.aten.threshold_backward(r[:, None].expand_as(s), s, 0.0)
+        gz = torch.ops.aten.threshold_backward.grad_input(
+            r[:, None].expand_as(s), s, 0.0, grad_input=_buffer(work, "gz", (n, m), xt))
     else:
         s = z.sigmoid_()
         r = torch.mv(s, a).mul_(alpha).sub_(y)
         ga = torch.mv(s.T, r).mul_(c)
         gz = s.mul_(1 - s).mul_(r[:, None])
-    gwt = (xt.T @ gz).mul_(a * c)                             # (p, m)
+    gwt = torch.mm(xt.T, gz, out=_buffer(work, "gw", (p, m), xt)).mul_(a * c)   # (p, m)
     return ga, gwt.T, r
+
+
+def _buffer(work, name, shape, like):
+    """The buffer ``work[name]`` of that shape (made on first use), or a fresh tensor if no work."""
+    if work is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    buf = work.get(name)
+    if buf is None or tuple(buf.shape) != tuple(shape):
+        buf = work[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
 
 
 def grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, activation: str = "relu",
@@ -453,6 +468,11 @@ def _record_steps(record, steps: int) -> torch.Tensor:
     return torch.tensor(_loop.schedule(steps, record), dtype=torch.long)
 
 
+def _copy(theta):
+    """A row-major copy (the training loop's particles are a transposed view of their store)."""
+    return theta.clone(memory_format=torch.contiguous_format)
+
+
 def _penalty_grad(theta, reg, lam):
     if reg == "l2":
         return lam * theta, 0.5 * lam * (theta * theta).sum(1).mean()
@@ -590,8 +610,12 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     rec_set = set(rec_list)
     thetas = [] if keep_thetas else None
     risks, done = [], []
-    cur = theta.detach().clone()
-    last_ok = cur.clone()
+    # The particles live in a (1 + p, m) row-major store, seen as the (m, 1 + p) tensor ``cur``:
+    # the products' operands (W^T, a) are then contiguous and the update of the input weights by
+    # the (p, m) product is one contiguous pass, not a transposed one.
+    cur = theta.detach().T.contiguous().T
+    last_ok = _copy(cur)
+    work = {}
     diverged = False
 
     def objective(th, risk):
@@ -604,7 +628,7 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
             gr, risk = _pop_grad_raw(cur, teacher, alpha, tkt, need_risk=k in rec_set)
             ga, gw = gr[:, 0], gr[:, 1:]
         elif xt is not None and method == "gd":
-            ga, gw, r = _grad_raw(cur, xt, y, activation, alpha)
+            ga, gw, r = _grad_raw(cur, xt, y, activation, alpha, work)
             risk = None
         else:
             if xt is not None:
@@ -614,7 +638,7 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
                 xb = torch.randn(batch, d_x, generator=g, dtype=torch.float64).to(dtype=dt, device=dev)
                 yb = forward(teacher, xb, activation=teacher_activation, scaling="mf")
                 xb = _augment(cur, xb)
-            ga, gw, r = _grad_raw(cur, xb, yb, activation, alpha)
+            ga, gw, r = _grad_raw(cur, xb, yb, activation, alpha, work)
             risk = None
         if k in rec_set:
             if risk is None:
@@ -628,9 +652,9 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
                 break
             risks.append(val.detach())
             done.append(k)
-            last_ok = cur.clone()
+            last_ok = _copy(cur)
             if thetas is not None:
-                thetas.append(cur.clone())
+                thetas.append(last_ok)
         if k == steps:
             break
         if reg != "none" and lam > 0:
@@ -644,7 +668,7 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
             raise Diverged(f"training diverged (non-finite values) before step {k}; lower lr={lr}")
         cur = last_ok
     steps_t = torch.tensor(done, dtype=torch.long)
-    return Trajectory(theta=cur, steps=steps_t, times=steps_t.to(torch.float64) * lr,
+    return Trajectory(theta=_copy(cur), steps=steps_t, times=steps_t.to(torch.float64) * lr,
                       thetas=torch.stack(thetas) if thetas else None,
                       risk=torch.stack(risks) if risks else theta.new_zeros(0),
                       diverged=diverged)
