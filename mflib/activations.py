@@ -1,9 +1,12 @@
 r"""One registry of activation functions, each with its derivative and, where a
 closed form exists, its Gaussian moments (its infinite-width kernel map).
 
-Every model and every kernel
-is to take its activation from here (the migration of the older per-module
-tables is under way), by name or as an :class:`Activation`.  An
+The fully connected networks (:mod:`mflib.nets`), the explicit
+backpropagation of :mod:`mflib.backprop` and the kernels
+(:mod:`mflib.kernels`) take their activations from here, by name or as an
+:class:`Activation`; the engines with closed-form gradients
+(:mod:`mflib.lazy`, :mod:`mflib.meanfield`, :mod:`mflib.threelayer`) still
+name the few activations their formulas cover in their own lists.  An
 activation and the map that sends a Gaussian covariance to the next layer's
 covariance are written side by side, as in neural-tangents'
 ``stax/elementwise.py``:

@@ -37,49 +37,15 @@ from dataclasses import dataclass
 import torch
 
 from mflib import _checks
+from mflib import activations as _activations
 from mflib.config import DTYPE, generator as _generator
 
-__all__ = ["ACTIVATIONS", "activation", "param_count", "init_params", "Cache", "forward",
+__all__ = ["activation", "param_count", "init_params", "Cache", "forward",
            "backward", "mse_gradients", "autograd_gradients", "relative_error", "gradient_descent",
            "Timing", "time_forward_backward"]
 
-_SQRT2 = math.sqrt(2.0)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-def _relu_d(y):
-    return (y > 0).to(y.dtype)
-
-
-def _sigmoid_d(y):
-    s = torch.sigmoid(y)
-    return s * (1 - s)
-
-
-def _tanh_d(y):
-    return 1 - torch.tanh(y) ** 2
-
-
-def _erf_d(y):
-    return (2 / math.sqrt(math.pi)) * torch.exp(-y * y)
-
-
-#: Activations known by name, each mapped to the pair ``(sigma, sigma_prime)``; ``"square"`` and
-#: ``"cube"`` are the polynomial activations of the universal-approximation
-#: counter-example.
-ACTIVATIONS = {
-    "relu": (torch.relu, _relu_d),
-    "sigmoid": (torch.sigmoid, _sigmoid_d),
-    "tanh": (torch.tanh, _tanh_d),
-    "erf": (torch.erf, _erf_d),
-    "linear": (lambda y: y, torch.ones_like),
-    "square": (lambda y: y * y, lambda y: 2 * y),
-    "cube": (lambda y: y ** 3, lambda y: 3 * y * y),
-}
-
-
 def activation(name):
-    """Return ``(sigma, sigma_prime)`` for an activation name of :data:`ACTIVATIONS`.
+    """Return ``(sigma, sigma_prime)`` for a name of the registry :data:`mflib.activations.ACTIVATIONS`.
 
     A pair of callables ``(sigma, sigma_prime)`` is returned unchanged.
 
@@ -95,9 +61,8 @@ def activation(name):
     if not isinstance(name, str):
         raise TypeError("activation must be a name or a pair (sigma, sigma_prime) of callables, "
                         f"got {type(name).__name__}")
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation name must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
+    act = _activations.get(name, "activation name")
+    return act.fn, act.derivative
 
 
 _activation = activation

@@ -32,67 +32,16 @@ Biases exist only when ``bias_std > 0``.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 
 from mflib import _checks
+from mflib import activations as _activations
 from mflib.config import DTYPE
 
-__all__ = ["ACTIVATIONS", "PARAMETRIZATIONS", "resolve_activation", "MLP"]
-
-_SQRT_2_OVER_PI = 2.0 / math.sqrt(math.pi)
-
-
-def _relu_prime(x: torch.Tensor) -> torch.Tensor:
-    return (x > 0).to(x.dtype)
-
-
-def _erf_prime(x: torch.Tensor) -> torch.Tensor:
-    return _SQRT_2_OVER_PI * torch.exp(-x * x)
-
-
-def _tanh_prime(x: torch.Tensor) -> torch.Tensor:
-    t = torch.tanh(x)
-    return 1.0 - t * t
-
-
-def _sigmoid_prime(x: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(x)
-    return s * (1.0 - s)
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _one(x: torch.Tensor) -> torch.Tensor:
-    return torch.ones_like(x)
-
-
-#: The activation registry, mapping a name to ``(phi, dphi)``, both elementwise.
-#: ``relu`` uses the convention :math:`\mathrm{relu}'(0) = 0`; ``erf`` is
-#: :math:`\mathrm{erf}(x)` itself (neural-tangents' ``stax.Erf()`` with
-#: ``a=1, b=1, c=0``).
-ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
-    "relu": (torch.relu, _relu_prime),
-    "erf": (torch.erf, _erf_prime),
-    "tanh": (torch.tanh, _tanh_prime),
-    "sigmoid": (torch.sigmoid, _sigmoid_prime),
-    "identity": (_identity, _one),
-}
+__all__ = ["PARAMETRIZATIONS", "resolve_activation", "MLP"]
 
 #: The parametrisations understood by :class:`MLP`.
 PARAMETRIZATIONS = ("standard", "ntk", "mean_field")
-
-
-def _derivative_of(phi: Callable) -> Callable:
-    """Elementwise derivative of an elementwise callable, by forward-mode AD."""
-
-    def dphi(x: torch.Tensor) -> torch.Tensor:
-        return torch.func.jvp(phi, (x,), (torch.ones_like(x),))[1]
-
-    return dphi
 
 
 def resolve_activation(activation, name: str = "activation"):
@@ -101,7 +50,8 @@ def resolve_activation(activation, name: str = "activation"):
     Parameters
     ----------
     activation : str, callable or tuple
-        A name from :data:`ACTIVATIONS`, an elementwise callable (its
+        A name of the registry :data:`mflib.activations.ACTIVATIONS`, an
+        :class:`mflib.activations.Activation`, an elementwise callable (its
         derivative is then taken by forward-mode automatic differentiation),
         or a pair ``(phi, dphi)`` of callables.
     name : str
@@ -116,20 +66,12 @@ def resolve_activation(activation, name: str = "activation"):
     Raises
     ------
     ValueError
-        If a name is not in :data:`ACTIVATIONS`.
+        If a name is not in the registry.
     TypeError
         If ``activation`` is neither a string, a callable nor a pair of callables.
     """
-    if isinstance(activation, str):
-        _checks.choice(activation, name, ACTIVATIONS)
-        phi, dphi = ACTIVATIONS[activation]
-        return activation, phi, dphi
-    if isinstance(activation, tuple) and len(activation) == 2 and all(callable(a) for a in activation):
-        return None, activation[0], activation[1]
-    if callable(activation):
-        return None, activation, _derivative_of(activation)
-    raise TypeError(f"{name} must be a name in {sorted(ACTIVATIONS)}, a callable or a pair "
-                    f"(phi, dphi) of callables, got {type(activation).__name__}")
+    act = _activations.get(activation, name)
+    return act.name, act.fn, act.derivative
 
 
 class MLP(torch.nn.Module):

@@ -10,6 +10,7 @@ import torch
 
 from mflib import kernels as K
 from mflib import nets
+from mflib import activations as A
 
 REF = pathlib.Path(__file__).with_name("data") / "nt_reference.npz"
 F64 = torch.float64
@@ -109,7 +110,7 @@ def _unit_inputs(n=12, d=3, seed=7):
 def test_erf_closed_form_matches_quadrature():
     x = _unit_inputs()
     exact = K.nngp_ntk(x, depth=3, activation="erf", bias_std=0.2)
-    quad = K.nngp_ntk(x, depth=3, activation=nets.ACTIVATIONS["erf"], bias_std=0.2)
+    quad = K.nngp_ntk(x, depth=3, activation=(A.ACTIVATIONS["erf"].fn, A.ACTIVATIONS["erf"].derivative), bias_std=0.2)
     assert _rel(quad.nngp, exact.nngp) < 1e-10
     assert _rel(quad.ntk, exact.ntk) < 1e-10
 
@@ -118,7 +119,7 @@ def test_relu_closed_form_matches_quadrature_loosely():
     """relu is kinked: Gauss-Hermite converges slowly (stated accuracy 1e-2)."""
     x = _unit_inputs()
     exact = K.nngp_ntk(x, depth=2, activation="relu", bias_std=0.2)
-    quad = K.nngp_ntk(x, depth=2, activation=(torch.relu, nets.ACTIVATIONS["relu"][1]),
+    quad = K.nngp_ntk(x, depth=2, activation=(torch.relu, A.ACTIVATIONS["relu"].derivative),
                       bias_std=0.2)
     assert _rel(quad.nngp, exact.nngp) < 1e-2
     assert _rel(quad.ntk, exact.ntk) < 5e-2

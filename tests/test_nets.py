@@ -9,7 +9,8 @@ import torch
 from torch.func import functional_call
 
 from mflib import nets
-from mflib.nets import ACTIVATIONS, MLP
+from mflib.activations import ACTIVATIONS
+from mflib.nets import MLP
 
 F64 = torch.float64
 
@@ -96,7 +97,7 @@ def test_alpha_scales_output():
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_registry_derivatives_match_autograd(name):
-    phi, dphi = ACTIVATIONS[name]
+    phi, dphi = ACTIVATIONS[name].fn, ACTIVATIONS[name].derivative
     x = torch.linspace(-3, 3, 61, dtype=F64).requires_grad_()
     (g,) = torch.autograd.grad(phi(x).sum(), x)
     mask = x.detach() != 0  # relu'(0) is a convention
