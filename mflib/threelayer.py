@@ -557,7 +557,7 @@ def _batches(m, steps, batch_size, generator):
 def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int,
           xi=(1.0, 1.0, 1.0), batch_size: int | None = None, generator: torch.Generator | None = None,
           record_every: int = 1, phi=("tanh", "tanh", "identity"),
-          on_divergence: str = "raise", snapshots=()) -> Run:
+          on_diverge: str = "raise", snapshots=()) -> Run:
     r"""Train ``B`` networks in lockstep with the rescaled (S)GD of Pham & Nguyen (2021),
     :math:`w_i(k+1) = w_i(k) - \varepsilon\,\xi_i\,\mathrm{Grad}_i`.
 
@@ -581,7 +581,7 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
         shared by the whole batch of networks).
     record_every : int
         Record the full-data risk every so many steps (and at the end).
-    on_divergence : str
+    on_diverge : str
         ``"raise"`` or ``"flag"``.  On non-finite weights: raise ``mflib.Diverged``, or return a
         :class:`Run` with ``diverged=True`` that stops at the last finite record.
     snapshots : tuple of int
@@ -598,7 +598,7 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
     steps = _checks.size(steps, "steps", minimum=0)
     record_every = _checks.size(record_every, "record_every")
     xi = _check_schedule(xi)
-    _checks.choice(on_divergence, "on_divergence", {"raise", "flag"})
+    _checks.choice(on_diverge, "on_diverge", {"raise", "flag"})
     if batch_size is not None:
         batch_size = _checks.size(batch_size, "batch_size")
         _checks.elements(steps * batch_size, "steps and batch_size")
@@ -658,7 +658,7 @@ def train(params: Params, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps:
     if diverged:
         if not times:
             raise ValueError("the initial risk is not finite: params, x or y out of range")
-        if on_divergence == "raise":
+        if on_diverge == "raise":
             raise Diverged(f"training diverged (non-finite weights) before step {k} (t = {k * lr:g}); "
                            f"lower lr (= {lr:g})")
         p = last_good

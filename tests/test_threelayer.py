@@ -169,7 +169,7 @@ def test_divergence_is_reported_not_nan():
     big = tl.Params(p.w1 * 30, p.w2 * 1e3, p.w3 * 1e3)
     with pytest.raises(mflib.Diverged):
         tl.train(big, x, y * 1e3, lr=1e3, steps=200)
-    run = tl.train(big, x, y * 1e3, lr=1e3, steps=200, on_divergence="flag")
+    run = tl.train(big, x, y * 1e3, lr=1e3, steps=200, on_diverge="flag")
     assert run.diverged and torch.isfinite(run.loss).all()
     assert all(torch.isfinite(t).all() for t in (run.params.w1, run.params.w2, run.params.w3))
     emb = tl.Embedding(big.w1[0], big.w2[0], big.w3[0])
@@ -204,8 +204,8 @@ def test_bad_inputs_raise_with_the_argument_name():
         tl.Embedding(torch.zeros(3, 2), torch.zeros(3, 3), torch.zeros(4))
     with pytest.raises(ValueError, match="x contains non-finite"):
         tl.output(p, x * float("nan"))
-    with pytest.raises(ValueError, match="on_divergence"):
-        tl.train(p, x, y, lr=1.0, steps=1, on_divergence="ignore")
+    with pytest.raises(ValueError, match="on_diverge"):
+        tl.train(p, x, y, lr=1.0, steps=1, on_diverge="ignore")
     with pytest.raises(ValueError, match="widths"):
         tl.coupled_training(tl.iid_embedding(4, 5), x, y, widths=[], lr=1.0, steps=1)
     with pytest.raises(ValueError, match="m must be even"):
