@@ -216,8 +216,8 @@ class Run:
     diverged: bool
 
 
-def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, step: float,
-        n_steps: int, batch_size: int | None = None, decay: float | None = None,
+def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, lr: float,
+        steps: int, batch_size: int | None = None, decay: float | None = None,
         power: float = 1.0, w0: torch.Tensor | None = None,
         generator: torch.Generator | None = None, record_every: int = 1) -> Run:
     r"""(Stochastic) gradient descent on :func:`objective` with ``torch.optim.SGD``.
@@ -246,9 +246,9 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
         A name in :data:`mflib.losses.LOSSES`.
     lam : float
         :math:`\lambda \ge 0`.
-    step : float
+    lr : float
         :math:`\eta_0 > 0`.
-    n_steps : int
+    steps : int
         Number of updates (at least 1).
     batch_size : int, optional
         :math:`b`; ``None`` for full-batch gradient descent.
@@ -271,8 +271,8 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
     x, y = _xy(x, y)
     loss = _losses.get(loss)
     lam = _checks.real(lam, "lam", nonnegative=True)
-    step = _checks.real(step, "step", positive=True)
-    n_steps = _checks.size(n_steps, "n_steps")
+    lr = _checks.real(lr, "lr", positive=True)
+    steps = _checks.size(steps, "steps")
     record_every = _checks.size(record_every, "record_every")
     power = _checks.real(power, "power", positive=True)
     if decay is not None:
@@ -282,12 +282,12 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
     generator = _checks.generator(generator)
     if batch_size is not None:
         batch_size = _checks.size(batch_size, "batch_size")
-        _checks.elements(n_steps * batch_size, "n_steps and batch_size")
+        _checks.elements(steps * batch_size, "steps and batch_size")
     per_step = n if batch_size is None else batch_size
-    _checks.budget(4.0 * n_steps * (per_step + 50) * p + 2.0 * (n_steps / record_every) * n * p,
-                   "n_steps, batch_size, record_every and x")
+    _checks.budget(4.0 * steps * (per_step + 50) * p + 2.0 * (steps / record_every) * n * p,
+                   "steps, batch_size, record_every and x")
     if batch_size is not None:
-        idx = torch.randint(0, n, (n_steps, batch_size), generator=generator).to(x.device)
+        idx = torch.randint(0, n, (steps, batch_size), generator=generator).to(x.device)
     if w0 is None:
         w0 = torch.zeros(p, dtype=x.dtype, device=x.device)
     else:
@@ -295,18 +295,18 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
         if w0.ndim != 1:
             raise ValueError(f"w0 must have shape ({p},), got {tuple(w0.shape)}")
     w = w0.detach().clone().to(x.dtype)
-    opt = torch.optim.SGD([w], lr=step)
+    opt = torch.optim.SGD([w], lr=lr)
     sched = None
     if decay is not None:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: (1.0 + k / decay) ** (-power))
 
-    steps, values, iterates = [0], [], []
+    done, values, iterates = [0], [], []
     with torch.no_grad():
         values.append(_checks.finite_result(_objective(w, x, y, loss, lam), "the initial objective",
                                             "w0, x, y or lam (their scale)"))
         iterates.append(w.detach().clone())
     diverged = False
-    for k in range(n_steps):
+    for k in range(steps):
         if batch_size is None:
             w.grad = _gradient(w, x, y, loss, lam)
         else:
@@ -315,16 +315,16 @@ def sgd(x: torch.Tensor, y: torch.Tensor, *, loss="square", lam: float = 0.0, st
         opt.step()
         if sched is not None:
             sched.step()
-        if (k + 1) % record_every == 0 or k + 1 == n_steps:
+        if (k + 1) % record_every == 0 or k + 1 == steps:
             with torch.no_grad():
                 value = _objective(w, x, y, loss, lam)
                 if not bool(torch.isfinite(value)) or not bool(torch.isfinite(w).all()):
                     diverged = True
                     break
-                steps.append(k + 1)
+                done.append(k + 1)
                 values.append(value)
                 iterates.append(w.detach().clone())
-    steps_t = torch.tensor(steps, dtype=torch.int64)
+    steps_t = torch.tensor(done, dtype=torch.int64)
     return Run(w=iterates[-1], steps=steps_t, grad_evals=steps_t * per_step,
                objective=torch.stack(values).detach(), iterates=torch.stack(iterates),
                diverged=diverged)
@@ -375,7 +375,7 @@ def _sgd_cost(n, p, n_steps, names):
     _checks.budget(float(n_steps) * (float(p) ** 4 + float(n) * p), names)
 
 
-def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float) -> float:
+def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, lr: float) -> float:
     r"""Stationary expected gap :math:`\lim_k \mathbb E\,F(w_k) - \min F` of SGD with
     one sample drawn uniformly with replacement per step and a constant step
     :math:`\eta`, on the ridge objective (square loss), in closed form.
@@ -398,7 +398,7 @@ def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float) -> f
         Design ``(n, p)`` and responses ``(n,)``; :math:`p^2` unknowns are solved for.
     lam : float
         :math:`\lambda \ge 0` (with :math:`H = \frac1n X^\top X + \lambda I` invertible).
-    step : float
+    lr : float
         :math:`\eta > 0`, small enough for the second moment to be stable.
 
     Raises
@@ -408,22 +408,22 @@ def sgd_floor(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float) -> f
     """
     x, y = _xy(x, y)
     lam = _checks.real(lam, "lam", nonnegative=True)
-    step = _checks.real(step, "step", positive=True)
+    lr = _checks.real(lr, "lr", positive=True)
     n, p = x.shape
     _sgd_cost(n, p, 1, "x (its number of columns)")
     _checks.budget(float(p) ** 6, "x (its number of columns)")
     H, EAA, _, G = _sgd_operators(x, y, lam, ridge(x, y, lam))
     eye = torch.eye(p, dtype=x.dtype, device=x.device)
-    op = torch.kron(H, eye) + torch.kron(eye, H) - step * EAA
-    _checks.finite_result(op, "the second-moment operator", "x, lam or step (their scale)")
+    op = torch.kron(H, eye) + torch.kron(eye, H) - lr * EAA
+    _checks.finite_result(op, "the second-moment operator", "x, lam or lr (their scale)")
     if float(torch.linalg.eigvals(op).real.min()) <= 0:
-        raise ValueError(f"step={step} is too large for lam={lam} and x: the second moment of SGD diverges")
-    M = torch.linalg.solve(op, step * G.reshape(-1)).reshape(p, p)
+        raise ValueError(f"lr={lr} is too large for lam={lam} and x: the second moment of SGD diverges")
+    M = torch.linalg.solve(op, lr * G.reshape(-1)).reshape(p, p)
     return _checks.finite_result(float(0.5 * torch.trace(H @ M)), "the SGD floor",
-                                 "x, y, lam or step (their scale)")
+                                 "x, y, lam or lr (their scale)")
 
 
-def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_steps: int,
+def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, lr: float, steps: int,
                 w0: torch.Tensor | None = None, record_every: int = 1) -> SGDMoments:
     r"""Exact expected gap of single-sample SGD (uniform, with replacement; the
     process of :func:`sgd` with ``batch_size=1``) on the ridge objective, by the
@@ -443,9 +443,9 @@ def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_
 
     Parameters
     ----------
-    x, y, lam, step :
+    x, y, lam, lr :
         As in :func:`sgd_floor`.
-    n_steps : int
+    steps : int
         Number of steps.
     w0 : torch.Tensor, optional
         Initial point (zero by default).
@@ -454,11 +454,11 @@ def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_
     """
     x, y = _xy(x, y)
     lam = _checks.real(lam, "lam", nonnegative=True)
-    step = _checks.real(step, "step", positive=True)
-    n_steps = _checks.size(n_steps, "n_steps")
+    lr = _checks.real(lr, "lr", positive=True)
+    steps = _checks.size(steps, "steps")
     record_every = _checks.size(record_every, "record_every")
     n, p = x.shape
-    _sgd_cost(n, p, n_steps, "n_steps and x (its number of columns)")
+    _sgd_cost(n, p, steps, "steps and x (its number of columns)")
     if w0 is not None:
         w0 = _checks.tensor(w0, "w0", ndim=1)
         w0 = _w(w0, x, "w0")
@@ -467,11 +467,11 @@ def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_
         w0 = torch.zeros(p, dtype=x.dtype, device=x.device)
     H, EAA, g, G = _sgd_operators(x, y, lam, w_star)
     eye = torch.eye(p, dtype=x.dtype, device=x.device)
-    T = torch.eye(p * p, dtype=x.dtype, device=x.device) - step * (
-        torch.kron(H, eye) + torch.kron(eye, H)) + step ** 2 * EAA
+    T = torch.eye(p * p, dtype=x.dtype, device=x.device) - lr * (
+        torch.kron(H, eye) + torch.kron(eye, H)) + lr ** 2 * EAA
     mu = w0.to(x.dtype) - w_star
     m = torch.outer(mu, mu).reshape(-1)
-    B = eye - step * H
+    B = eye - lr * H
 
     def moments(mu, m):
         M = m.reshape(p, p)
@@ -480,23 +480,23 @@ def sgd_moments(x: torch.Tensor, y: torch.Tensor, *, lam: float, step: float, n_
         var = 0.5 * torch.trace(HS @ HS) + mu @ HS @ H @ mu
         return mean, var.clamp_min(0).sqrt() / mean
 
-    steps, gaps, sds = [0], [], []
+    done, gaps, sds = [0], [], []
     a, b = moments(mu, m)
     gaps.append(a)
     sds.append(b)
-    for k in range(n_steps):
+    for k in range(steps):
         # E[(I - eta A_i) mu g_i^T] = -eta (1/n) sum_i A_i mu g_i^T  (the g_i have mean zero)
         Amu = x * (x @ mu)[:, None] + lam * mu                      # rows A_i mu
         C = Amu.T @ g / n
-        m = T @ m + step ** 2 * (C + C.T).reshape(-1) + step ** 2 * G.reshape(-1)
+        m = T @ m + lr ** 2 * (C + C.T).reshape(-1) + lr ** 2 * G.reshape(-1)
         mu = B @ mu
-        if (k + 1) % record_every == 0 or k + 1 == n_steps:
-            steps.append(k + 1)
+        if (k + 1) % record_every == 0 or k + 1 == steps:
+            done.append(k + 1)
             a, b = moments(mu, m)
             gaps.append(a)
             sds.append(b)
     gap, rel_sd = torch.stack(gaps), torch.stack(sds)
-    names = "x, y, lam, step, n_steps or w0 (their scale)"
+    names = "x, y, lam, lr, steps or w0 (their scale)"
     _checks.finite_result(gap, "the expected SGD gap", names)
     _checks.finite_result(rel_sd, "the relative standard deviation of the SGD gap", names)
-    return SGDMoments(steps=torch.tensor(steps), gap=gap, rel_sd=rel_sd)
+    return SGDMoments(steps=torch.tensor(done), gap=gap, rel_sd=rel_sd)

@@ -63,7 +63,7 @@ def test_gd_converges_linearly_to_ridge(reg):
     lam = 0.1
     L, mu = erm.smoothness(reg.x, lam=lam)
     w_star = erm.ridge(reg.x, reg.y, lam)
-    run = erm.sgd(reg.x, reg.y, lam=lam, step=1 / L, n_steps=200)
+    run = erm.sgd(reg.x, reg.y, lam=lam, lr=1 / L, steps=200)
     assert not run.diverged and run.steps.tolist() == list(range(201))
     dist = (run.iterates - w_star).norm(dim=1)
     bound = (1 - mu / L) ** run.steps.double() * dist[0]
@@ -74,14 +74,14 @@ def test_gd_converges_linearly_to_ridge(reg):
 
 def test_gd_diverges_above_two_over_L_and_reports_it(reg):
     L, _ = erm.smoothness(reg.x, lam=0.0)
-    run = erm.sgd(reg.x, reg.y, step=2.5 / L, n_steps=5000, record_every=10)
+    run = erm.sgd(reg.x, reg.y, lr=2.5 / L, steps=5000, record_every=10)
     assert run.diverged
     assert torch.isfinite(run.objective).all() and torch.isfinite(run.w).all()
     assert len(run.steps) == len(run.objective) == len(run.iterates)
 
 
 def test_sgd_is_seeded_and_decreasing_steps_beat_constant_floor(reg):
-    kw = dict(lam=0.1, step=0.05, n_steps=2000, batch_size=1, record_every=50)
+    kw = dict(lam=0.1, lr=0.05, steps=2000, batch_size=1, record_every=50)
     r1 = erm.sgd(reg.x, reg.y, generator=mflib.generator(5), **kw)
     r2 = erm.sgd(reg.x, reg.y, generator=mflib.generator(5), **kw)
     assert torch.equal(r1.objective, r2.objective)
@@ -94,10 +94,10 @@ def test_sgd_is_seeded_and_decreasing_steps_beat_constant_floor(reg):
 
 def test_logistic_and_hinge_decrease(cls):
     L, _ = erm.smoothness(cls.x, loss="logistic", lam=0.01)
-    run = erm.sgd(cls.x, cls.y, loss="logistic", lam=0.01, step=1 / L, n_steps=100)
+    run = erm.sgd(cls.x, cls.y, loss="logistic", lam=0.01, lr=1 / L, steps=100)
     assert (torch.diff(run.objective) <= 1e-15).all()     # GD with step 1/L is monotone
     assert run.objective[-1] < run.objective[0] - 0.2
-    run = erm.sgd(cls.x, cls.y, loss="hinge", lam=0.01, step=0.1, n_steps=100)
+    run = erm.sgd(cls.x, cls.y, loss="hinge", lam=0.01, lr=0.1, steps=100)
     assert run.objective.min() < 0.5 * run.objective[0]   # subgradient method: not monotone
 
 
@@ -108,25 +108,25 @@ def test_bad_arguments(reg, cls):
         erm.objective(torch.zeros(4, dtype=D), reg.x, reg.y)
     with pytest.raises(ValueError, match="lam must be >= 0"):
         erm.ridge(reg.x, reg.y, -1.0)
-    with pytest.raises(ValueError, match="step must be > 0"):
-        erm.sgd(reg.x, reg.y, step=0.0, n_steps=3)
-    with pytest.raises(TypeError, match="n_steps must be an int"):
-        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3.0)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        erm.sgd(reg.x, reg.y, lr=0.0, steps=3)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        erm.sgd(reg.x, reg.y, lr=0.1, steps=3.0)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
-        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1, generator=0)
+        erm.sgd(reg.x, reg.y, lr=0.1, steps=3, batch_size=1, generator=0)
     # generator=None: a fixed default seed, never the global random state
-    r1 = erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1)
+    r1 = erm.sgd(reg.x, reg.y, lr=0.1, steps=3, batch_size=1)
     torch.manual_seed(123)
-    r2 = erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, batch_size=1)
+    r2 = erm.sgd(reg.x, reg.y, lr=0.1, steps=3, batch_size=1)
     assert torch.equal(r1.iterates, r2.iterates)
     with pytest.raises(TypeError, match="w0 and x must have the same dtype"):
-        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, w0=torch.zeros(reg.d, dtype=torch.float32))
+        erm.sgd(reg.x, reg.y, lr=0.1, steps=3, w0=torch.zeros(reg.d, dtype=torch.float32))
     with pytest.raises(ValueError, match="classification labels"):
-        erm.sgd(reg.x, reg.y, loss="logistic", step=0.1, n_steps=3)
+        erm.sgd(reg.x, reg.y, loss="logistic", lr=0.1, steps=3)
     with pytest.raises(ValueError, match="loss must be one of"):
         erm.objective(torch.zeros(5, dtype=D), reg.x, reg.y, loss="l1")
     with pytest.raises(ValueError, match="w0 must have shape"):
-        erm.sgd(reg.x, reg.y, step=0.1, n_steps=3, w0=torch.zeros(2, 5, dtype=D))
+        erm.sgd(reg.x, reg.y, lr=0.1, steps=3, w0=torch.zeros(2, 5, dtype=D))
 
 
 @pytest.mark.parametrize("name", ["square", "logistic", "hinge"])
@@ -135,14 +135,14 @@ def test_one_step_is_a_gradient_step_computed_by_autograd(name, reg, cls):
     w0 = torch.randn(ds.d, generator=mflib.generator(9), dtype=D)
     w = w0.clone().requires_grad_(True)
     erm.objective(w, ds.x, ds.y, loss=name, lam=0.3).backward()
-    run = erm.sgd(ds.x, ds.y, loss=name, lam=0.3, step=0.1, n_steps=1, w0=w0)
+    run = erm.sgd(ds.x, ds.y, loss=name, lam=0.3, lr=0.1, steps=1, w0=w0)
     assert torch.allclose(run.w, w0 - 0.1 * w.grad, atol=1e-14)
 
 
 def test_sgd_moments_match_monte_carlo_and_floor():
     ds = data.linear_regression(40, 3, noise=0.5, generator=mflib.generator(3), device="cpu")
     lam, eta, k = 0.1, 0.05, 300
-    mom = erm.sgd_moments(ds.x, ds.y, lam=lam, step=eta, n_steps=k, record_every=100)
+    mom = erm.sgd_moments(ds.x, ds.y, lam=lam, lr=eta, steps=k, record_every=100)
     f_star = erm.objective(erm.ridge(ds.x, ds.y, lam), ds.x, ds.y, lam=lam)
     # the same process as erm.sgd(batch_size=1), 4000 runs at once
     g, R = mflib.generator(5), 4000
@@ -158,10 +158,10 @@ def test_sgd_moments_match_monte_carlo_and_floor():
     mc, se = finals.mean(1), finals.std(1) / math.sqrt(R)
     assert torch.all((mc - mom.gap).abs() < 4 * se + 1e-12), (mc, mom.gap, se)
     # the recursion converges to the closed-form floor, which is ~ eta/4 tr E[g g^T] for small eta
-    floor = erm.sgd_floor(ds.x, ds.y, lam=lam, step=eta)
-    long = erm.sgd_moments(ds.x, ds.y, lam=lam, step=eta, n_steps=5000, record_every=5000)
+    floor = erm.sgd_floor(ds.x, ds.y, lam=lam, lr=eta)
+    long = erm.sgd_moments(ds.x, ds.y, lam=lam, lr=eta, steps=5000, record_every=5000)
     assert math.isclose(float(long.gap[-1]), floor, rel_tol=1e-6)
-    small = [erm.sgd_floor(ds.x, ds.y, lam=lam, step=e) for e in (1e-3, 2e-3)]
+    small = [erm.sgd_floor(ds.x, ds.y, lam=lam, lr=e) for e in (1e-3, 2e-3)]
     assert math.isclose(small[1] / small[0], 2.0, rel_tol=0.01)
-    with pytest.raises(ValueError, match="step"):
-        erm.sgd_floor(ds.x, ds.y, lam=lam, step=10.0)
+    with pytest.raises(ValueError, match="lr"):
+        erm.sgd_floor(ds.x, ds.y, lam=lam, lr=10.0)

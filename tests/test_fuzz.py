@@ -245,7 +245,7 @@ VALID = {
     "erm.smoothness": lambda: dict(x=X, loss="square", lam=0.1),
     "erm.Run": lambda: dict(w=randn(3), steps=torch.arange(2), grad_evals=torch.arange(2), objective=randn(2),
                             iterates=randn(2, 3), diverged=False),
-    "erm.sgd": lambda: dict(x=X, y=Y, loss="square", lam=0.0, step=0.1, n_steps=4, batch_size=2, decay=10.0,
+    "erm.sgd": lambda: dict(x=X, y=Y, loss="square", lam=0.0, lr=0.1, steps=4, batch_size=2, decay=10.0,
                             power=1.0, w0=torch.zeros(3, dtype=D), generator=g(), record_every=2),
     # gp
     "gp.sample_gp": lambda: dict(K=torch.eye(3, dtype=D), n_samples=2, mean=torch.zeros(3, dtype=D), generator=g()),
@@ -474,8 +474,8 @@ VALID = {
     "two_timescale.StepTarget.__call__": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D)),
     "two_timescale.StepTarget.primitive": lambda: dict(self=T, x=torch.linspace(0, 1, 5, dtype=D), power=2),
     "plotting.InteractiveHTML": lambda: dict(html="<p>frame</p>", png=None),
-    "erm.sgd_floor": lambda: dict(x=X, y=Y, lam=0.1, step=0.05),
-    "erm.sgd_moments": lambda: dict(x=X, y=Y, lam=0.1, step=0.05, n_steps=6, w0=randn(3), record_every=2),
+    "erm.sgd_floor": lambda: dict(x=X, y=Y, lam=0.1, lr=0.05),
+    "erm.sgd_moments": lambda: dict(x=X, y=Y, lam=0.1, lr=0.05, steps=6, w0=randn(3), record_every=2),
     "erm.SGDMoments": lambda: dict(steps=None, gap=None, rel_sd=None),
     "gp.ntk_gp": lambda: dict(ntk_train=_spd(4), ntk_test_train=randn(2, 4), nngp_train=_spd(4, seed=1),
                               nngp_test_train=randn(2, 4, seed=2), nngp_test=_spd(2, seed=3), y_train=randn(4)),
@@ -929,8 +929,8 @@ def _flag(res):
 
 
 DIVERGING = {
-    "erm.sgd": lambda: erm.sgd(X, Y, step=1e3, n_steps=200),
-    "erm.sgd(batch_size)": lambda: erm.sgd(X, Y, step=1e3, n_steps=300, batch_size=2, record_every=7),
+    "erm.sgd": lambda: erm.sgd(X, Y, lr=1e3, steps=200),
+    "erm.sgd(batch_size)": lambda: erm.sgd(X, Y, lr=1e3, steps=300, batch_size=2, record_every=7),
     "landscape.gradient_descent": lambda: landscape.gradient_descent(randn(2) * 30, randn(2, 3) * 30, X, Y * 1e3,
                                                                      lr=1e8, steps=40,
                                                                      activation=lambda z: z ** 3),

@@ -181,8 +181,8 @@ SEEDED_DEFAULTS = {
         lambda generator: nets.MLP(2, [3], generator=generator), torch.eye(2, dtype=D), n_models=3),
     "two_timescale.additive_step_problem": lambda: tt.additive_step_problem(2, 5, generator=None),
     "two_timescale.relu_teacher_problem": lambda: tt.relu_teacher_problem(5, generator=None),
-    "erm.sgd(batch_size)": lambda: erm.sgd(torch.eye(3, dtype=D), torch.ones(3, dtype=D), step=0.1,
-                                           n_steps=3, batch_size=1).iterates,
+    "erm.sgd(batch_size)": lambda: erm.sgd(torch.eye(3, dtype=D), torch.ones(3, dtype=D), lr=0.1,
+                                           steps=3, batch_size=1).iterates,
 }
 
 
