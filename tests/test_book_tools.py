@@ -49,3 +49,22 @@ def test_execution_times_records_the_mode_of_the_build(tmp_path):
     assert times["quick"]["machine"] == "m" and times["full"]["pages"] == {"lectures/01_x": 99.0}
     with pytest.raises(ValueError, match="quick"):
         execution_times.update([{k: v for k, v in report[0].items() if k != "quick"}], {}, "m")
+
+
+def test_page_numbers_reads_glued_values_and_compares_them():
+    import page_numbers
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", metadata={"scrapbook": {"name": "a", "mime_prefix": "application/papermill.record/"}},
+                               data={"application/papermill.record/text/plain": "1.2345"}),
+        nbformat.v4.new_output("display_data", metadata={"scrapbook": {"name": "b", "mime_prefix": ""}},
+                               data={"text/plain": "'x=3'"}),
+    ]
+    nb.cells.append(cell)
+    values = page_numbers.glued(nb)
+    assert values == {"a": "1.2345", "b": "'x=3'"}          # a glued value is never read as empty
+    assert page_numbers.differences(values, {"a": "1.2345000001", "b": "'x=3'"}, 1e-9, 0.0) == []
+    assert len(page_numbers.differences(values, {"a": "1.3", "b": "'x=3'"}, 1e-9, 0.0)) == 1

@@ -30,9 +30,14 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def _text(output) -> str:
+    """The plain-text form of a glued output: myst-nb's ``glue`` stores it under
+    ``application/papermill.record/text/plain`` (a plain display under ``text/plain``)."""
     data = output.get("data", {}) if isinstance(output, dict) else {}
-    text = data.get("text/plain", "")
-    return "".join(text) if isinstance(text, list) else str(text)
+    for key in ("application/papermill.record/text/plain", "text/plain"):
+        if key in data:
+            text = data[key]
+            return "".join(text) if isinstance(text, list) else str(text)
+    return ""
 
 
 def glued(nb) -> dict[str, str]:
