@@ -1056,7 +1056,7 @@ def relu_teachers(repeats: int, d: int, *, m0: int = 3, generator=None, seed=Non
     return {"a": u.to(dev), "b": s.to(dev)}
 
 
-def _teacher(teacher, d, R, like):
+def _teacher(teacher, d, R, like, like_name="params0['a']"):
     if not isinstance(teacher, dict) or set(teacher) != {"a", "b"}:
         raise TypeError("teacher must be a dict with keys 'a' (R, m0, d) and 'b' (R, m0)")
     u = _checks.tensor(teacher["a"], "teacher['a']", ndim=3, nonempty=True)
@@ -1064,13 +1064,23 @@ def _teacher(teacher, d, R, like):
     if u.shape[0] != R or u.shape[2] != d or tuple(s.shape) != tuple(u.shape[:2]):
         raise ValueError(f"teacher must hold 'a' of shape ({R}, m0, {d}) and 'b' of shape ({R}, m0), got "
                          f"{tuple(u.shape)} and {tuple(s.shape)}")
-    _checks.matching(u, like, "teacher['a']", "params0['a']")
-    _checks.matching(s, like, "teacher['b']", "params0['a']")
+    _checks.matching(u, like, "teacher['a']", like_name)
+    _checks.matching(s, like, "teacher['b']", like_name)
     return u, s
 
 
-def relu_outputs(params: dict, x: torch.Tensor) -> torch.Tensor:
-    r"""Outputs :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` of a batch of networks.
+def _tangent_at(params0, a, b):
+    """The gated form of the tangent model at params0 evaluated at (a, b)."""
+    a0, b0 = _batch_params(params0, "tangent_at")
+    if a0.shape != a.shape:
+        raise ValueError(f"tangent_at must have the shapes of params, {tuple(a.shape)}, got {tuple(a0.shape)}")
+    _checks.matching(a0, a, "tangent_at['a']", "params['a']")
+    return a0, b0
+
+
+def relu_outputs(params: dict, x: torch.Tensor, *, tangent_at: dict | None = None) -> torch.Tensor:
+    r"""Outputs :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` of a batch of networks,
+    or of their tangent models.
 
     Parameters
     ----------
@@ -1078,6 +1088,9 @@ def relu_outputs(params: dict, x: torch.Tensor) -> torch.Tensor:
         ``{"a": (R, T, m, d), "b": (R, T, m)}`` (as from :func:`pairs_init`).
     x : torch.Tensor
         Inputs, shape ``(R, n, d)``: one set per repeat, shared by the scales.
+    tangent_at : dict, optional
+        Parameters :math:`w_0` of the same shapes: then the outputs are those of the
+        tangent model :math:`h(w_0, x) + Dh(w_0, x)(w - w_0)`.
 
     Returns
     -------
@@ -1086,7 +1099,11 @@ def relu_outputs(params: dict, x: torch.Tensor) -> torch.Tensor:
     """
     a, b = _batch_params(params, "params")
     x = _batch_inputs(x, "x", a)
-    return _relu_forward(a, b, x)[0]
+    if tangent_at is None:
+        return _relu_forward(a, b, x)[0]
+    a0, b0 = _tangent_at(tangent_at, a, b)
+    out0, hid0 = _relu_forward(a0, b0, x)
+    return out0 + _lin_forward(a0, b0, x, a - a0, b - b0, hid0)
 
 
 def _relu_forward(a, b, x):
@@ -1411,7 +1428,7 @@ def _gated_inner(c1, v1, c2, v2):
     return (torch.where(live, val, torch.zeros_like(val)) / (2 * math.pi * d)).sum((-1, -2))
 
 
-def sphere_relu_loss(params: dict, teacher: dict) -> torch.Tensor:
+def sphere_relu_loss(params: dict, teacher: dict, *, tangent_at: dict | None = None) -> torch.Tensor:
     r"""Exact population loss :math:`\frac12\mathbb E_x\bigl(h(w, x) - y(x)\bigr)^2`,
     :math:`x` uniform on :math:`S^{d-1}`, of a batch of relu networks against relu teachers
     (through :func:`sphere_gated_inner`).
@@ -1422,18 +1439,28 @@ def sphere_relu_loss(params: dict, teacher: dict) -> torch.Tensor:
         ``{"a": (R, T, m, d), "b": (R, T, m)}``.
     teacher : dict
         ``{"a": (R, m0, d), "b": (R, m0)}``.
+    tangent_at : dict, optional
+        Parameters :math:`w_0` of the shapes of ``params``: the loss of the tangent
+        model at :math:`w_0` (a gated function with the gates :math:`a_j(0)` and the
+        vectors :math:`(b_j - b_j(0))\,a_j(0) + b_j(0)\,(a_j - a_j(0))`, plus
+        :math:`h(w_0)`).
 
     Returns
     -------
     torch.Tensor
-        Shape ``(R, T)``.
+        Shape ``(R, T)``, float64.
     """
     a, b = _batch_params(params, "params")
     R, T, m, d = a.shape
-    u, s = _teacher(teacher, d, R, a)
+    u, s = _teacher(teacher, d, R, a, "params['a']")
     # float64 whatever the inputs: the terms of a wide or large network cancel
     a, b, u, s = (t.to(torch.float64) for t in (a, b, u, s))
-    va = b[..., None] * a
+    if tangent_at is None:
+        va = b[..., None] * a
+    else:
+        a0, b0 = (t.to(torch.float64) for t in _tangent_at(tangent_at, a, b))
+        va = b0[..., None] * a0 + (b - b0)[..., None] * a0 + b0[..., None] * (a - a0)
+        a = a0
     ut = u[:, None].expand(R, T, *u.shape[1:])
     vt = (s[..., None] * u)[:, None].expand(R, T, *u.shape[1:])
     return 0.5 * (_gated_inner(a, va, a, va) - 2 * _gated_inner(a, va, ut, vt) + _gated_inner(ut, vt, ut, vt))
@@ -1463,17 +1490,23 @@ class TangentFit:
 
 
 def _block_gram(c):
-    """E_x[1(c_j x>0) 1(c_k x>0) x x^T] as a (m d, m d) matrix, batched over the leading dim."""
+    """E_x[1(c_j x>0) 1(c_k x>0) x x^T] as a (m d, m d) matrix, batched over the leading dim.
+
+    In the basis of the two gates the block is
+    (Delta I + (c_j c_k^T + c_k c_j^T) / s - cos (c_j c_j^T + c_k c_k^T) / s) / (2 pi d)
+    (unit gates, s = sin phi; the block I / (2 d) on the diagonal, where s = 0)."""
     R, m, d = c.shape
     u, _, cos, sin, delta, _ = _wedge(c, c)
-    w = u[:, None, :, :] - cos[..., None] * u[:, :, None, :]          # (R, j, k, d): c_k - cos c_j
+    inv = torch.where(sin > 0, 1 / sin.clamp_min(1e-300), torch.zeros_like(sin))
     eye = torch.eye(d, dtype=c.dtype, device=c.device)
-    cs = torch.where(sin > 0, cos / sin.clamp_min(1e-300), torch.zeros_like(cos))
-    uj = u[:, :, None, :].expand(R, m, m, d)
-    blk = (delta[..., None, None] * eye + (sin * cos)[..., None, None] * uj[..., :, None] * uj[..., None, :]
-           - cs[..., None, None] * w[..., :, None] * w[..., None, :]
-           + sin[..., None, None] * (uj[..., :, None] * w[..., None, :] + w[..., :, None] * uj[..., None, :]))
-    return (blk / (2 * math.pi * d)).permute(0, 1, 3, 2, 4).reshape(R, m * d, m * d)
+    out = []
+    for r in range(R):
+        ur, iv, cs = u[r], inv[r], cos[r] * inv[r]
+        g = torch.einsum("jk,pq->jpkq", delta[r], eye)
+        g += torch.einsum("jk,jp,kq->jpkq", iv, ur, ur) + torch.einsum("jk,kp,jq->jpkq", iv, ur, ur)
+        g -= torch.einsum("jk,jp,jq->jpkq", cs, ur, ur) + torch.einsum("jk,kp,kq->jpkq", cs, ur, ur)
+        out.append(g.reshape(m * d, m * d))
+    return torch.stack(out) / (2 * math.pi * d)
 
 
 def _gram_times(c, c2, v2):
@@ -1522,7 +1555,7 @@ def sphere_tangent_fit(gates: torch.Tensor, teacher: dict) -> TangentFit:
     c = _checks.tensor(gates, "gates", ndim=3, nonempty=True)
     R, m, d = c.shape
     _checks.elements(R * (m * d) ** 2, "gates (the Gram matrix has (m d)^2 entries per repeat)")
-    u, s = _teacher(teacher, d, R, c)
+    u, s = _teacher(teacher, d, R, c, "gates")
     un, ok = _unit(c)
     if not bool(ok.all()):
         raise ValueError("gates must have no zero row (a zero gate is never open)")
@@ -1540,8 +1573,14 @@ def sphere_tangent_fit(gates: torch.Tensor, teacher: dict) -> TangentFit:
     # g_j = E[1_j x y] = sum_k s_k E[1_j 1(u_k x>0) x x^T] u_k: the inner product with each basis vector
     rhs = _gram_times(g_dirs, u, s[..., None] * u)
     vt = s[..., None] * u
-    L = torch.linalg.cholesky(G)
-    v = torch.cholesky_solve(rhs.reshape(R, mm * d, 1), L).reshape(R, mm, d)
+    L, info = torch.linalg.cholesky_ex(G)
+    if bool((info == 0).all()):
+        v = torch.cholesky_solve(rhs.reshape(R, mm * d, 1), L).reshape(R, mm, d)
+    else:   # a singular Gram matrix (dependent gated features): the minimum-norm solution
+        lam, V = torch.linalg.eigh(G)
+        keep_ = lam > lam[..., -1:] * 1e-12
+        inv = torch.where(keep_, 1 / lam.clamp_min(1e-300), torch.zeros_like(lam))
+        v = (V @ (inv[..., None] * (V.transpose(-1, -2) @ rhs.reshape(R, mm * d, 1)))).reshape(R, mm, d)
     signal = 0.5 * _gated_inner(u, vt, u, vt)
     loss = signal - 0.5 * (v.reshape(R, -1) * rhs.reshape(R, -1)).sum(-1)
     return TangentFit(g_dirs, v, loss, signal)

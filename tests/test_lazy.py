@@ -418,3 +418,14 @@ def test_relu_tangent_kernel_is_jacobian_gram():
     J = jacrev(lambda q: lazy.two_layer(q, x[0]))(p)
     J = torch.cat([J["a"].reshape(len(x[0]), -1), J["b"]], 1)
     assert torch.allclose(lazy.relu_tangent_kernel(p0, x, x)[0, 0], J @ J.T, atol=1e-12)
+
+
+def test_tangent_at_outputs_and_loss():
+    te, x, y, p0 = _exp_setup(d=4)
+    lin = lazy.relu_gd(p0, x, y, lr=0.3, steps=20, linearised=True)
+    out = lazy.relu_outputs({"a": lin.a, "b": lin.b}, x, tangent_at=p0)
+    assert torch.allclose(0.5 * ((out - y[:, None]) ** 2).mean(-1), lin.final)
+    xs = lazy.sphere(300_000, 4, seed=8).expand(2, 300_000, 4)
+    ys = (torch.bmm(xs, te["a"].transpose(1, 2)).clamp_min(0) * te["b"][:, None]).sum(-1)
+    mc = 0.5 * ((lazy.relu_outputs({"a": lin.a, "b": lin.b}, xs, tangent_at=p0) - ys[:, None]) ** 2).mean(-1)
+    assert torch.allclose(lazy.sphere_relu_loss({"a": lin.a, "b": lin.b}, te, tangent_at=p0), mc, rtol=0.02)
