@@ -923,7 +923,8 @@ class BatchRun:
         Shape ``(R, T)``: the last training loss (:func:`relu_gd`) or the mean of the
         last ``average`` mini-batch losses (:func:`relu_online_sgd`).
     diverged : torch.Tensor
-        Boolean, shape ``(R, T)``: runs stopped by a non-finite or exploding loss.
+        Boolean, shape ``(R, T)``: runs stopped by a non-finite or exploding loss
+        (their records after the divergence repeat finite values and mean nothing).
     """
 
     a: torch.Tensor
