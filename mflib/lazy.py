@@ -54,6 +54,8 @@ __all__ = [
     "TwoLayer", "as_function", "centred", "TrainResult", "train", "displacement",
     "rms", "jacobian_norm", "hessian_norm", "Kappa", "relative_scale",
     "Digits", "digits", "small_cnn", "accuracy",
+    "BatchRun", "pairs_init", "relu_teachers", "relu_outputs", "relu_gd", "relu_online_sgd",
+    "sphere_gated_inner", "sphere_relu_loss", "TangentFit", "sphere_tangent_fit", "relu_tangent_kernel",
 ]
 
 
@@ -887,3 +889,735 @@ def accuracy(out: torch.Tensor, labels: torch.Tensor) -> float:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= out.shape[1]):
         raise ValueError(f"labels must hold class indices in [0, {out.shape[1]}) (the columns of out)")
     return float((out.argmax(1) == labels).to(torch.float64).mean())
+
+
+# ----------------------------------------------------------------------------- numerical experiment (I)
+# Chizat, Oyallon & Bach (2019), Section 5 and Figure 3: a two-layer relu student
+# h(w, x) = sum_j b_j relu(a_j . x) learns a relu teacher in d = 100, from a symmetrised
+# Gaussian initialisation of scale tau.  Every tau and every repeat is one slice of a batch:
+# parameters have shapes (R, T, m, d) and (R, T, m) (R repeats, T scales), inputs (R, n, d).
+
+_LOSS_LIMIT = 1e30
+
+
+@dataclass
+class BatchRun:
+    r"""Result of :func:`relu_gd` or :func:`relu_online_sgd` (a batch of runs).
+
+    Attributes
+    ----------
+    a, b : torch.Tensor
+        Final parameters, shapes ``(R, T, m, d)`` and ``(R, T, m)`` (for a
+        diverged run: the last parameters with a finite loss).
+    steps : list of int
+        Recorded steps.
+    train_loss : torch.Tensor
+        Shape ``(K, R, T)``, one row per recorded step: the training loss
+        (:func:`relu_gd`) or the mean mini-batch loss since the previous record
+        (:func:`relu_online_sgd`; fresh samples, so an unbiased estimate of the
+        population loss along the way).
+    eval_loss : torch.Tensor
+        Shape ``(K, R, T)``: the test loss (:func:`relu_gd` with test data; empty
+        otherwise).
+    final : torch.Tensor
+        Shape ``(R, T)``: the last training loss (:func:`relu_gd`) or the mean of the
+        last ``average`` mini-batch losses (:func:`relu_online_sgd`).
+    diverged : torch.Tensor
+        Boolean, shape ``(R, T)``: runs stopped by a non-finite or exploding loss
+        (their records after the divergence repeat finite values and mean nothing).
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    steps: list = field(default_factory=list)
+    train_loss: torch.Tensor = None
+    eval_loss: torch.Tensor = None
+    final: torch.Tensor = None
+    diverged: torch.Tensor = None
+
+
+def _batch_params(params, name="params0"):
+    if not isinstance(params, dict) or set(params) != {"a", "b"}:
+        raise TypeError(f"{name} must be a dict with keys 'a' (R, T, m, d) and 'b' (R, T, m)")
+    a = _checks.tensor(params["a"], f"{name}['a']", ndim=4, nonempty=True)
+    b = _checks.tensor(params["b"], f"{name}['b']", ndim=3, nonempty=True)
+    if tuple(b.shape) != tuple(a.shape[:3]):
+        raise ValueError(f"{name}['b'] must have shape {tuple(a.shape[:3])} (that of {name}['a'] "
+                         f"without its last dimension), got {tuple(b.shape)}")
+    _checks.matching(b, a, f"{name}['b']", f"{name}['a']")
+    return a, b
+
+
+def _batch_inputs(x, name, a):
+    R, _, _, d = a.shape
+    x = _checks.tensor(x, name, ndim=3, nonempty=True)
+    if x.shape[0] != R or x.shape[2] != d:
+        raise ValueError(f"{name} must have shape ({R}, n, {d}) (one input set per repeat), "
+                         f"got {tuple(x.shape)}")
+    _checks.matching(x, a, name, "params0['a']")
+    return x
+
+
+def _batch_targets(y, name, x):
+    y = _checks.tensor(y, name, ndim=2)
+    if tuple(y.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"{name} must have shape {tuple(x.shape[:2])}, got {tuple(y.shape)}")
+    _checks.matching(y, x, name, "x")
+    return y
+
+
+def _step_sizes(lr, a):
+    """lr: a positive real, or a positive tensor of shape (T,) (one step per scale)."""
+    T = a.shape[1]
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        lr = _checks.tensor(lr, "lr", ndim=1)
+        if lr.shape[0] != T:
+            raise ValueError(f"lr must be a real or a tensor of shape ({T},) (one step per scale), "
+                             f"got shape {tuple(lr.shape)}")
+        if bool((lr <= 0).any()) or float(lr.abs().max()) > _checks.MAX_REAL:
+            raise ValueError("lr must hold positive reals of moderate size")
+        return lr.to(dtype=a.dtype, device=a.device)
+    lr = _checks.real(lr, "lr", positive=True)
+    return torch.full((T,), lr, dtype=a.dtype, device=a.device)
+
+
+def pairs_init(m: int, d: int, taus, *, repeats: int = 1, generator=None, seed=None,
+               dtype=DTYPE, device=None) -> dict:
+    r"""Symmetrised Gaussian initialisation of a batch of two-layer relu networks.
+
+    As in the code of Chizat, Oyallon & Bach (2019): the entries of
+    :math:`(a_j, b_j) \in \mathbb R^{d}\times\mathbb R` are i.i.d.
+    :math:`\mathcal N(0, \tau^2)`; then the second half of the neurons copies the
+    input weights of the first half with the output weights negated,
+    :math:`a_{j+m/2} = a_j`, :math:`b_{j+m/2} = -b_j` (with :math:`b_j \ge 0` for
+    :math:`j \le m/2`), so that :math:`h(w_0, \cdot) = 0`.  One draw per repeat is
+    shared by all scales (the initialisations at two scales differ by a factor).
+
+    Parameters
+    ----------
+    m : int
+        Neurons (even).
+    d : int
+        Input dimension.
+    taus : sequence of float
+        The scales :math:`\tau > 0`.
+    repeats : int
+        Independent draws :math:`R`.
+    generator, seed
+        CPU generator, or a seed for a fresh one.
+    dtype, device
+        Of the returned tensors.
+
+    Returns
+    -------
+    dict
+        ``{"a": (R, T, m, d), "b": (R, T, m)}``.
+    """
+    m = _checks.size(m, "m")
+    if m % 2:
+        raise ValueError(f"m must be even (neurons come in pairs), got {m}")
+    d = _checks.size(d, "d")
+    taus = _checks.reals(taus, "taus", positive=True)
+    if not taus:
+        raise ValueError("taus must hold at least one scale")
+    repeats = _checks.size(repeats, "repeats")
+    _checks.elements(repeats * len(taus) * m * (d + 1), "m, d, taus and repeats")
+    gen = _gen(generator, seed)
+    dtype = _dtype(dtype)
+    dev = _device(device)
+    h = m // 2
+    a = torch.randn(repeats, h, d, generator=gen, dtype=dtype)
+    b = torch.randn(repeats, h, generator=gen, dtype=dtype).abs()
+    a, b = torch.cat([a, a], 1), torch.cat([b, -b], 1)
+    t = torch.tensor(taus, dtype=dtype)
+    return {"a": (t[None, :, None, None] * a[:, None]).to(dev), "b": (t[None, :, None] * b[:, None]).to(dev)}
+
+
+def relu_teachers(repeats: int, d: int, *, m0: int = 3, generator=None, seed=None, dtype=DTYPE,
+                  device=None) -> dict:
+    r"""Random relu teachers :math:`y(x) = \sum_{k=1}^{m_0} s_k\,\mathrm{relu}(u_k\cdot x)`.
+
+    Unit input weights :math:`u_k` uniform on the sphere and random signs
+    :math:`s_k = \pm 1`, as in the code of Chizat, Oyallon & Bach (2019).
+
+    Returns
+    -------
+    dict
+        ``{"a": (R, m0, d), "b": (R, m0)}``.
+    """
+    repeats = _checks.size(repeats, "repeats")
+    d = _checks.size(d, "d")
+    m0 = _checks.size(m0, "m0")
+    _checks.elements(repeats * m0 * d, "repeats, m0 and d")
+    gen = _gen(generator, seed)
+    dtype = _dtype(dtype)
+    dev = _device(device)
+    u = sphere(repeats * m0, d, generator=gen, dtype=dtype).reshape(repeats, m0, d)
+    s = torch.randint(0, 2, (repeats, m0), generator=gen).to(dtype) * 2 - 1
+    return {"a": u.to(dev), "b": s.to(dev)}
+
+
+def _teacher(teacher, d, R, like, like_name="params0['a']"):
+    if not isinstance(teacher, dict) or set(teacher) != {"a", "b"}:
+        raise TypeError("teacher must be a dict with keys 'a' (R, m0, d) and 'b' (R, m0)")
+    u = _checks.tensor(teacher["a"], "teacher['a']", ndim=3, nonempty=True)
+    s = _checks.tensor(teacher["b"], "teacher['b']", ndim=2)
+    if u.shape[0] != R or u.shape[2] != d or tuple(s.shape) != tuple(u.shape[:2]):
+        raise ValueError(f"teacher must hold 'a' of shape ({R}, m0, {d}) and 'b' of shape ({R}, m0), got "
+                         f"{tuple(u.shape)} and {tuple(s.shape)}")
+    _checks.matching(u, like, "teacher['a']", like_name)
+    _checks.matching(s, like, "teacher['b']", like_name)
+    return u, s
+
+
+def _tangent_at(params0, a, b):
+    """The gated form of the tangent model at params0 evaluated at (a, b)."""
+    a0, b0 = _batch_params(params0, "tangent_at")
+    if a0.shape != a.shape:
+        raise ValueError(f"tangent_at must have the shapes of params, {tuple(a.shape)}, got {tuple(a0.shape)}")
+    _checks.matching(a0, a, "tangent_at['a']", "params['a']")
+    return a0, b0
+
+
+def relu_outputs(params: dict, x: torch.Tensor, *, tangent_at: dict | None = None) -> torch.Tensor:
+    r"""Outputs :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` of a batch of networks,
+    or of their tangent models.
+
+    Parameters
+    ----------
+    params : dict
+        ``{"a": (R, T, m, d), "b": (R, T, m)}`` (as from :func:`pairs_init`).
+    x : torch.Tensor
+        Inputs, shape ``(R, n, d)``: one set per repeat, shared by the scales.
+    tangent_at : dict, optional
+        Parameters :math:`w_0` of the same shapes: then the outputs are those of the
+        tangent model :math:`h(w_0, x) + Dh(w_0, x)(w - w_0)`.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(R, T, n)``.
+    """
+    a, b = _batch_params(params, "params")
+    x = _batch_inputs(x, "x", a)
+    if tangent_at is None:
+        return _relu_forward(a, b, x)[0]
+    a0, b0 = _tangent_at(tangent_at, a, b)
+    out0, hid0 = _relu_forward(a0, b0, x)
+    return out0 + _lin_forward(a0, b0, x, a - a0, b - b0, hid0)
+
+
+def _relu_forward(a, b, x):
+    R, T, m, d = a.shape
+    n = x.shape[1]
+    z = torch.bmm(x, a.reshape(R, T * m, d).transpose(1, 2))          # (R, n, T m)
+    hid = z.clamp_min(0)
+    h4 = hid.view(R, n, T, m).permute(0, 2, 1, 3).reshape(R * T, n, m)
+    out = torch.bmm(h4, b.reshape(R * T, m, 1)).reshape(R, T, n)
+    return out, (hid, h4)
+
+
+def _relu_grad(a, b, x, hid, res):
+    """Gradients of (1/2n) sum_i res_i^2 w.r.t. a and b; res of shape (R, T, n)."""
+    R, T, m, d = a.shape
+    n = x.shape[1]
+    hid, h4 = hid
+    r = res / n
+    gb = torch.bmm(h4.transpose(1, 2), r.reshape(R * T, n, 1)).reshape(R, T, m)
+    g = torch.sign(hid).view(R, n, T, m).mul_(r.transpose(1, 2)[..., None])
+    ga = torch.bmm(g.view(R, n, T * m).transpose(1, 2), x).reshape(R, T, m, d) * b[..., None]
+    return ga, gb
+
+
+def _lin_forward(a0, b0, x, da, db, hid0):
+    """Tangent model at (a0, b0): sum_j db_j relu(a0_j x) + b0_j 1(a0_j x > 0) da_j . x."""
+    R, T, m, d = a0.shape
+    n = x.shape[1]
+    hid, h4 = hid0
+    zd = torch.bmm(x, da.reshape(R, T * m, d).transpose(1, 2))
+    zd = (torch.sign(hid) * zd).view(R, n, T, m).permute(0, 2, 1, 3).reshape(R * T, n, m)
+    out = torch.bmm(h4, db.reshape(R * T, m, 1)) + torch.bmm(zd, b0.reshape(R * T, m, 1))
+    return out.reshape(R, T, n)
+
+
+def _lin_grad(a0, b0, x, hid0, res):
+    return _relu_grad(a0, b0, x, hid0, res)
+
+
+class _Engine:
+    """Network or tangent model, with the divergence bookkeeping shared by the engines."""
+
+    def __init__(self, a0, b0, lr, linearised):
+        self.a0, self.b0, self.lin = a0, b0, linearised
+        if linearised:
+            self.a, self.b = torch.zeros_like(a0), torch.zeros_like(b0)
+        else:
+            self.a, self.b = a0.clone(), b0.clone()
+        self.lr = lr
+        self.alive = torch.ones(a0.shape[:2], dtype=torch.bool, device=a0.device)
+        self.prev = (self.a.clone(), self.b.clone())
+        self.last = torch.zeros(a0.shape[:2], dtype=a0.dtype, device=a0.device)
+
+    def forward(self, x):
+        if self.lin:
+            if getattr(self, "_x", None) is not x:     # full batch: the gates at w0 are computed once
+                self._x, self._hid0 = x, _relu_forward(self.a0, self.b0, x)[1]
+            hid0 = self._hid0
+            return _lin_forward(self.a0, self.b0, x, self.a, self.b, hid0), hid0
+        return _relu_forward(self.a, self.b, x)
+
+    def loss_and_step(self, x, y):
+        out, hid = self.forward(x)
+        res = out - y[:, None, :]
+        loss = 0.5 * (res ** 2).mean(-1)                                  # (R, T)
+        bad = ~torch.isfinite(loss) | (loss > _LOSS_LIMIT)
+        newly = bad & self.alive
+        if bool(newly.any()):                  # restore the last finite parameters, freeze the run
+            self.a[newly], self.b[newly] = self.prev[0][newly], self.prev[1][newly]
+            self.alive &= ~bad
+        res = torch.where(self.alive[..., None], res, torch.zeros_like(res))
+        if self.lin:
+            ga, gb = _lin_grad(self.a0, self.b0, x, hid, res)
+        else:
+            ga, gb = _relu_grad(self.a, self.b, x, hid, res)
+        step = self.lr[None, :] * self.alive
+        self.prev = (self.a.clone(), self.b.clone())
+        live = self.alive[..., None]
+        self.a = torch.where(live[..., None], self.a - step[..., None, None] * ga, self.a)
+        self.b = torch.where(live, self.b - step[..., None] * gb, self.b)
+        self.last = torch.where(self.alive, loss, self.last)
+        return self.last
+
+    def eval_loss(self, x, y):
+        out = self.forward(x)[0]
+        loss = 0.5 * ((out - y[:, None, :]) ** 2).mean(-1)
+        return torch.where(torch.isfinite(loss), loss, self.last)
+
+    def params(self):
+        if self.lin:   # the tangent model's parameters are the displacement from w0
+            return self.a0 + self.a, self.b0 + self.b
+        return self.a, self.b
+
+
+def relu_gd(params0: dict, x: torch.Tensor, y: torch.Tensor, *, lr, steps: int,
+            x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None,
+            record_every: int | None = None, linearised: bool = False) -> BatchRun:
+    r"""Full-batch gradient descent of a batch of two-layer relu networks.
+
+    Minimises :math:`F(w) = \frac1{2n}\sum_{i=1}^n \bigl(h(w, x_i) - y_i\bigr)^2`
+    with :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` by
+    :math:`w_{k+1} = w_k - \eta\nabla F(w_k)` (closed-form gradients, every scale
+    and repeat at once), as in Figure 3(a) of Chizat, Oyallon & Bach (2019).
+    With ``linearised=True`` the model is the tangent model at :math:`w_0`,
+    :math:`\bar h(w, x) = h(w_0, x) + Dh(w_0, x)(w - w_0)`, trained the same way.
+
+    Parameters
+    ----------
+    params0 : dict
+        ``{"a": (R, T, m, d), "b": (R, T, m)}``, e.g. from :func:`pairs_init`.
+    x, y : torch.Tensor
+        Training set per repeat, shapes ``(R, n, d)`` and ``(R, n)``.
+    lr : float or torch.Tensor
+        Step :math:`\eta`, one for all or one per scale (shape ``(T,)``).
+    steps : int
+        Gradient steps.
+    x_test, y_test : torch.Tensor, optional
+        Test set per repeat, shapes ``(R, n', d)`` and ``(R, n')``.
+    record_every : int, optional
+        Record the losses every so many steps (default ``steps // 20``) and at the end.
+    linearised : bool
+        Train the tangent model instead of the network.
+
+    Returns
+    -------
+    BatchRun
+        A run whose loss exceeds 1e30 or is not finite is frozen at its last
+        finite parameters and flagged in ``diverged``.
+    """
+    a0, b0 = _batch_params(params0)
+    x = _batch_inputs(x, "x", a0)
+    y = _batch_targets(y, "y", x)
+    lr = _step_sizes(lr, a0)
+    steps = _checks.size(steps, "steps")
+    linearised = _checks.flag(linearised, "linearised")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("give both x_test and y_test, or neither")
+    if x_test is not None:
+        x_test = _batch_inputs(x_test, "x_test", a0)
+        y_test = _batch_targets(y_test, "y_test", x_test)
+    every = max(1, steps // 20) if record_every is None else _checks.size(record_every, "record_every")
+    R, T, m, d = a0.shape
+    _checks.budget(float(steps) * R * T * m * d * (x.shape[1] + (x_test.shape[1] if x_test is not None else 0) / every),
+                   "steps, params0 and x")
+    eng = _Engine(a0, b0, lr, linearised)
+    run = BatchRun(a=a0, b=b0)
+    tr, te = [], []
+    for k in range(steps + 1):
+        record = k % every == 0 or k == steps
+        if record and x_test is not None:           # the test loss of w_k, before step k
+            te.append(eng.eval_loss(x_test, y_test))
+        loss = eng.loss_and_step(x, y) if k < steps else eng.eval_loss(x, y)
+        if record:
+            run.steps.append(k)
+            tr.append(loss.clone())
+    run.a, run.b = eng.params()
+    run.train_loss = torch.stack(tr)
+    run.eval_loss = torch.stack(te) if te else torch.zeros(0, R, T, dtype=a0.dtype, device=a0.device)
+    run.final = run.train_loss[-1]
+    run.diverged = ~eng.alive
+    return run
+
+
+def relu_online_sgd(params0: dict, teacher: dict, *, lr, steps: int, batch: int = 200,
+                    average: int | None = None, record_every: int | None = None,
+                    linearised: bool = False, generator=None, seed=None) -> BatchRun:
+    r"""Online SGD of a batch of two-layer relu networks on the population loss.
+
+    Each step draws a fresh batch :math:`x_1, \dots, x_B` uniform on the sphere
+    (one per repeat, shared by the scales), labels it with the teacher
+    :math:`y(x) = \sum_k s_k\,\mathrm{relu}(u_k\cdot x)` and takes a gradient step
+    on :math:`\frac1{2B}\sum_i (h(w, x_i) - y(x_i))^2`: stochastic gradient
+    descent directly on the population loss
+    :math:`L(w) = \frac12\mathbb E_x (h(w, x) - y(x))^2`, as in Figure 3(b) of
+    Chizat, Oyallon & Bach (2019).  With ``linearised=True`` the tangent model at
+    :math:`w_0` is trained on the same samples.
+
+    Parameters
+    ----------
+    params0 : dict
+        ``{"a": (R, T, m, d), "b": (R, T, m)}``.
+    teacher : dict
+        ``{"a": (R, m0, d), "b": (R, m0)}``, e.g. from :func:`relu_teachers`.
+    lr : float or torch.Tensor
+        Step, one for all or one per scale (shape ``(T,)``).
+    steps : int
+        SGD steps.
+    batch : int
+        Fresh samples per step.
+    average : int, optional
+        ``final`` is the mean mini-batch loss of the last ``average`` steps (the
+        authors' estimate of the population loss at convergence; default ``steps // 10``).
+    record_every : int, optional
+        Record the mean mini-batch loss every so many steps (default ``steps // 20``).
+    linearised : bool
+        Train the tangent model instead of the network.
+    generator, seed
+        The sample stream (CPU generator, or a seed for a fresh one).
+
+    Returns
+    -------
+    BatchRun
+    """
+    a0, b0 = _batch_params(params0)
+    R, T, m, d = a0.shape
+    u, s = _teacher(teacher, d, R, a0)
+    lr = _step_sizes(lr, a0)
+    steps = _checks.size(steps, "steps")
+    batch = _checks.size(batch, "batch")
+    average = max(1, steps // 10) if average is None else _checks.size(average, "average", maximum=steps)
+    every = max(1, steps // 20) if record_every is None else _checks.size(record_every, "record_every")
+    linearised = _checks.flag(linearised, "linearised")
+    _checks.budget(float(steps) * R * T * m * d * batch, "steps, batch and params0")
+    gen = _gen(generator, seed)
+    eng = _Engine(a0, b0, lr, linearised)
+    run = BatchRun(a=a0, b=b0)
+    tr, acc, count = [], torch.zeros(R, T, dtype=a0.dtype, device=a0.device), 0
+    tail = torch.zeros(R, T, dtype=a0.dtype, device=a0.device)
+    for k in range(steps):
+        x = torch.randn(R, batch, d, generator=gen, dtype=a0.dtype)
+        x = (x / x.norm(dim=2, keepdim=True)).to(a0.device)
+        y = (torch.bmm(x, u.transpose(1, 2)).clamp_min(0) * s[:, None, :]).sum(-1)
+        loss = eng.loss_and_step(x, y)
+        acc += loss
+        count += 1
+        if k >= steps - average:
+            tail += loss
+        if (k + 1) % every == 0 or k + 1 == steps:
+            run.steps.append(k + 1)
+            tr.append(acc / count)
+            acc, count = torch.zeros_like(acc), 0
+    run.a, run.b = eng.params()
+    run.train_loss = torch.stack(tr)
+    run.eval_loss = torch.zeros(0, R, T, dtype=a0.dtype, device=a0.device)
+    run.final = tail / average
+    run.diverged = ~eng.alive
+    return run
+
+
+def _unit(c):
+    nrm = c.norm(dim=-1, keepdim=True)
+    return c / nrm.clamp_min(1e-300), (nrm[..., 0] > 0)
+
+
+def _wedge(c1, c2):
+    """cos, sin of the angle between the gates and the angle's complement Delta = pi - phi."""
+    u1, ok1 = _unit(c1)
+    u2, ok2 = _unit(c2)
+    cos = (u1 @ u2.transpose(-1, -2)).clamp(-1.0, 1.0)
+    sin = torch.sqrt(((1 - cos) * (1 + cos)).clamp_min(0))
+    delta = math.pi - torch.atan2(sin, cos)
+    live = ok1[..., :, None] & ok2[..., None, :]
+    return u1, u2, cos, sin, delta, live
+
+
+def _gated_args(c, v, k):
+    c = _checks.tensor(c, f"gates{k}", ndim=(2, 3, 4), nonempty=True)
+    v = _checks.tensor(v, f"vectors{k}")
+    if v.shape != c.shape:
+        raise ValueError(f"vectors{k} must have the shape of gates{k} {tuple(c.shape)}, got {tuple(v.shape)}")
+    _checks.matching(v, c, f"vectors{k}", f"gates{k}")
+    return c, v
+
+
+def sphere_gated_inner(gates1: torch.Tensor, vectors1: torch.Tensor, gates2: torch.Tensor,
+                       vectors2: torch.Tensor) -> torch.Tensor:
+    r"""Exact :math:`\mathbb E_x[f_1(x) f_2(x)]` for :math:`x` uniform on :math:`S^{d-1}`,
+    for gated linear functions :math:`f(x) = \sum_j \mathbf 1(c_j\cdot x > 0)\, v_j\cdot x`.
+
+    A relu network :math:`\sum_j b_j\,\mathrm{relu}(a_j\cdot x)` is the gated function
+    with gates :math:`c_j = a_j` and vectors :math:`v_j = b_j a_j`, and its tangent
+    model at :math:`w_0` spans the gated functions with the gates :math:`a_j(0)`: so
+    population losses and distances of networks, teachers and tangent models are
+    all of this form.  With :math:`g = \lVert g\rVert x \sim \mathcal N(0, I_d)`, a
+    product of two such functions is 2-homogeneous, so
+    :math:`\mathbb E_x = \mathbb E_g / d`, and in the plane of two gates at angle
+    :math:`\varphi` (:math:`\Delta = \pi - \varphi`, :math:`s = \sin\varphi`,
+    :math:`w = \hat c' - \cos\varphi\,\hat c`)
+
+    .. math::
+
+       \mathbb E_g\bigl[\mathbf 1(c\cdot g>0)\mathbf 1(c'\cdot g>0)\,g g^\top\bigr]
+       = \frac{1}{2\pi}\Bigl[\Delta I + s\cos\varphi\,\hat c\hat c^\top
+         - \frac{\cos\varphi}{s} w w^\top + s\,(\hat c w^\top + w\hat c^\top)\Bigr],
+
+    which for :math:`v = c`, :math:`v' = c'` is the arc-cosine kernel
+    :math:`\frac{\lVert c\rVert\lVert c'\rVert}{2\pi}(\sin\varphi + \Delta\cos\varphi)`
+    (Cho & Saul, 2009).
+
+    Parameters
+    ----------
+    gates1, vectors1 : torch.Tensor
+        Shapes ``(..., m1, d)``.
+    gates2, vectors2 : torch.Tensor
+        Shapes ``(..., m2, d)``, the same leading dimensions.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(...)``.
+    """
+    c1, v1 = _gated_args(gates1, vectors1, "1")
+    c2, v2 = _gated_args(gates2, vectors2, "2")
+    if c1.shape[:-2] != c2.shape[:-2] or c1.shape[-1] != c2.shape[-1]:
+        raise ValueError(f"gates2 must have shape {tuple(c1.shape[:-2])} + (m2, {c1.shape[-1]}), "
+                         f"got {tuple(c2.shape)}")
+    _checks.matching(c2, c1, "gates2", "gates1")
+    return _gated_inner(c1, v1, c2, v2)
+
+
+def _gated_inner(c1, v1, c2, v2):
+    d = c1.shape[-1]
+    u1, u2, cos, sin, delta, live = _wedge(c1, c2)
+    vv = v1 @ v2.transpose(-1, -2)
+    al = (v1 * u1).sum(-1)[..., :, None]                    # v1 . c1hat
+    de = v2 @ u1.transpose(-1, -2)                          # v2_k . c1hat_j  -> (m2, m1)
+    de = de.transpose(-1, -2)
+    p = v1 @ u2.transpose(-1, -2) - cos * al                # v1 . w
+    q = (v2 * u2).sum(-1)[..., None, :] - cos * de          # v2 . w
+    qs = torch.where(sin > 0, q / sin.clamp_min(1e-300), torch.zeros_like(q))
+    val = delta * vv + sin * cos * al * de - cos * p * qs + sin * (al * q + p * de)
+    return (torch.where(live, val, torch.zeros_like(val)) / (2 * math.pi * d)).sum((-1, -2))
+
+
+def sphere_relu_loss(params: dict, teacher: dict, *, tangent_at: dict | None = None) -> torch.Tensor:
+    r"""Exact population loss :math:`\frac12\mathbb E_x\bigl(h(w, x) - y(x)\bigr)^2`,
+    :math:`x` uniform on :math:`S^{d-1}`, of a batch of relu networks against relu teachers
+    (through :func:`sphere_gated_inner`).
+
+    Parameters
+    ----------
+    params : dict
+        ``{"a": (R, T, m, d), "b": (R, T, m)}``.
+    teacher : dict
+        ``{"a": (R, m0, d), "b": (R, m0)}``.
+    tangent_at : dict, optional
+        Parameters :math:`w_0` of the shapes of ``params``: the loss of the tangent
+        model at :math:`w_0` (a gated function with the gates :math:`a_j(0)` and the
+        vectors :math:`(b_j - b_j(0))\,a_j(0) + b_j(0)\,(a_j - a_j(0))`, plus
+        :math:`h(w_0)`).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(R, T)``, float64.
+    """
+    a, b = _batch_params(params, "params")
+    R, T, m, d = a.shape
+    u, s = _teacher(teacher, d, R, a, "params['a']")
+    # float64 whatever the inputs: the terms of a wide or large network cancel
+    a, b, u, s = (t.to(torch.float64) for t in (a, b, u, s))
+    if tangent_at is None:
+        va = b[..., None] * a
+    else:
+        a0, b0 = (t.to(torch.float64) for t in _tangent_at(tangent_at, a, b))
+        va = b0[..., None] * a0 + (b - b0)[..., None] * a0 + b0[..., None] * (a - a0)
+        a = a0
+    ut = u[:, None].expand(R, T, *u.shape[1:])
+    vt = (s[..., None] * u)[:, None].expand(R, T, *u.shape[1:])
+    return 0.5 * (_gated_inner(a, va, a, va) - 2 * _gated_inner(a, va, ut, vt) + _gated_inner(ut, vt, ut, vt))
+
+
+@dataclass
+class TangentFit:
+    r"""Best tangent-model predictor for the population loss (:func:`sphere_tangent_fit`).
+
+    Attributes
+    ----------
+    gates : torch.Tensor
+        Distinct unit gate directions, shape ``(R, m', d)``.
+    vectors : torch.Tensor
+        Optimal vectors :math:`v^\star`, shape ``(R, m', d)``:
+        :math:`f^\star(x) = \sum_j \mathbf 1(c_j\cdot x>0)\,v^\star_j\cdot x`.
+    loss : torch.Tensor
+        Its population loss :math:`\frac12\mathbb E(f^\star - y)^2`, shape ``(R,)``.
+    signal : torch.Tensor
+        That of the zero predictor, :math:`\frac12\mathbb E y^2`, shape ``(R,)``.
+    """
+
+    gates: torch.Tensor
+    vectors: torch.Tensor
+    loss: torch.Tensor
+    signal: torch.Tensor
+
+
+def _block_gram(c):
+    """E_x[1(c_j x>0) 1(c_k x>0) x x^T] as a (m d, m d) matrix, batched over the leading dim.
+
+    In the basis of the two gates the block is
+    (Delta I + (c_j c_k^T + c_k c_j^T) / s - cos (c_j c_j^T + c_k c_k^T) / s) / (2 pi d)
+    (unit gates, s = sin phi; the block I / (2 d) on the diagonal, where s = 0)."""
+    R, m, d = c.shape
+    u, _, cos, sin, delta, _ = _wedge(c, c)
+    inv = torch.where(sin > 0, 1 / sin.clamp_min(1e-300), torch.zeros_like(sin))
+    eye = torch.eye(d, dtype=c.dtype, device=c.device)
+    out = []
+    for r in range(R):
+        ur, iv, cs = u[r], inv[r], cos[r] * inv[r]
+        g = torch.einsum("jk,pq->jpkq", delta[r], eye)
+        g += torch.einsum("jk,jp,kq->jpkq", iv, ur, ur) + torch.einsum("jk,kp,jq->jpkq", iv, ur, ur)
+        g -= torch.einsum("jk,jp,jq->jpkq", cs, ur, ur) + torch.einsum("jk,kp,kq->jpkq", cs, ur, ur)
+        out.append(g.reshape(m * d, m * d))
+    return torch.stack(out) / (2 * math.pi * d)
+
+
+def _gram_times(c, c2, v2):
+    """sum_k E_x[1(c_j x>0) 1(c2_k x>0) x x^T] v2_k for every gate c_j: shape (R, m, d)."""
+    d = c.shape[-1]
+    u1, u2, cos, sin, delta, live = _wedge(c, c2)                       # (R, j, k)
+    w = u2[:, None, :, :] - cos[..., None] * u1[:, :, None, :]          # (R, j, k, d)
+    c1v = v2 @ u1.transpose(-1, -2)                                     # (R, k, j): c1hat_j . v2_k
+    c1v = c1v.transpose(-1, -2)
+    wv = (w * v2[:, None]).sum(-1)                                      # (R, j, k)
+    cs = torch.where(sin > 0, cos / sin.clamp_min(1e-300), torch.zeros_like(cos))
+    out = (delta[..., None] * v2[:, None] + (sin * cos * c1v)[..., None] * u1[:, :, None]
+           - (cs * wv)[..., None] * w + sin[..., None] * (wv[..., None] * u1[:, :, None] + c1v[..., None] * w))
+    out = torch.where(live[..., None], out, torch.zeros_like(out))
+    return out.sum(2) / (2 * math.pi * d)
+
+
+def sphere_tangent_fit(gates: torch.Tensor, teacher: dict) -> TangentFit:
+    r"""Best predictor in the span of the tangent features of a relu network, for the
+    population loss on the sphere.
+
+    The tangent features of :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` at
+    :math:`w_0` are :math:`\mathrm{relu}(a_j\cdot x) = \mathbf 1(a_j\cdot x>0)\,a_j\cdot x`
+    and :math:`b_j\mathbf 1(a_j\cdot x>0)\,x`: their span is
+    :math:`\{\sum_j \mathbf 1(a_j\cdot x>0)\,v_j\cdot x\}`, one :math:`v_j\in\mathbb R^d`
+    per distinct gate direction (the pairs of a symmetrised initialisation share one).
+    The least-squares problem :math:`\min_v \frac12\mathbb E_x(f_v(x) - y(x))^2`,
+    :math:`x` uniform on :math:`S^{d-1}`, is solved exactly: :math:`G v = g` with the
+    Gram matrix :math:`G_{jk} = \mathbb E[\mathbf 1_j\mathbf 1_k x x^\top]` and
+    :math:`g_j = \mathbb E[\mathbf 1_j\, x\, y]` in closed form
+    (:func:`sphere_gated_inner`), by a Cholesky factorisation.  This is the limit,
+    as training time grows, of a lazy network trained on the population loss
+    (Chizat, Oyallon & Bach, 2019, Theorem 3.3 with the population risk).
+
+    Parameters
+    ----------
+    gates : torch.Tensor
+        Input weights :math:`a_j(0)`, shape ``(R, m, d)`` (only directions matter).
+    teacher : dict
+        ``{"a": (R, m0, d), "b": (R, m0)}``.
+
+    Returns
+    -------
+    TangentFit
+    """
+    c = _checks.tensor(gates, "gates", ndim=3, nonempty=True)
+    R, m, d = c.shape
+    _checks.elements(R * (m * d) ** 2, "gates (the Gram matrix has (m d)^2 entries per repeat)")
+    u, s = _teacher(teacher, d, R, c, "gates")
+    un, ok = _unit(c)
+    if not bool(ok.all()):
+        raise ValueError("gates must have no zero row (a zero gate is never open)")
+    # distinct directions (pairs of a symmetrised initialisation share theirs)
+    keep = []
+    for r in range(R):
+        cos = un[r] @ un[r].T
+        dup = torch.triu(cos > 1 - 1e-12, diagonal=1).any(0)
+        keep.append(un[r][~dup])
+    if len({k.shape[0] for k in keep}) != 1:
+        raise ValueError("gates must have the same number of distinct directions in every repeat")
+    g_dirs = torch.stack(keep)
+    mm = g_dirs.shape[1]
+    G = _block_gram(g_dirs)
+    # g_j = E[1_j x y] = sum_k s_k E[1_j 1(u_k x>0) x x^T] u_k: the inner product with each basis vector
+    rhs = _gram_times(g_dirs, u, s[..., None] * u)
+    vt = s[..., None] * u
+    L, info = torch.linalg.cholesky_ex(G)
+    if bool((info == 0).all()):
+        v = torch.cholesky_solve(rhs.reshape(R, mm * d, 1), L).reshape(R, mm, d)
+    else:   # a singular Gram matrix (dependent gated features): the minimum-norm solution
+        lam, V = torch.linalg.eigh(G)
+        keep_ = lam > lam[..., -1:] * 1e-12
+        inv = torch.where(keep_, 1 / lam.clamp_min(1e-300), torch.zeros_like(lam))
+        v = (V @ (inv[..., None] * (V.transpose(-1, -2) @ rhs.reshape(R, mm * d, 1)))).reshape(R, mm, d)
+    signal = 0.5 * _gated_inner(u, vt, u, vt)
+    loss = signal - 0.5 * (v.reshape(R, -1) * rhs.reshape(R, -1)).sum(-1)
+    return TangentFit(g_dirs, v, loss, signal)
+
+
+def relu_tangent_kernel(params: dict, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    r"""Tangent kernel of a batch of two-layer relu networks at ``params``,
+
+    .. math::
+
+       K(x, x') = \langle \nabla_w h(w, x), \nabla_w h(w, x')\rangle
+       = \sum_j \mathrm{relu}(a_j\cdot x)\,\mathrm{relu}(a_j\cdot x')
+         + b_j^2\,\mathbf 1(a_j\cdot x>0)\,\mathbf 1(a_j\cdot x'>0)\,x\cdot x'
+
+    for :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` (Chizat, Oyallon &
+    Bach, 2019: the kernel of the lazy limit).
+
+    Parameters
+    ----------
+    params : dict
+        ``{"a": (R, T, m, d), "b": (R, T, m)}``.
+    x1, x2 : torch.Tensor
+        Shapes ``(R, n1, d)`` and ``(R, n2, d)``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(R, T, n1, n2)``.
+    """
+    a, b = _batch_params(params, "params")
+    x1 = _batch_inputs(x1, "x1", a)
+    x2 = _batch_inputs(x2, "x2", a)
+    _checks.elements(a.shape[0] * a.shape[1] * x1.shape[1] * x2.shape[1], "x1 and x2 (the kernel)")
+    z1 = torch.einsum("rnd,rtmd->rtnm", x1, a)
+    z2 = torch.einsum("rnd,rtmd->rtnm", x2, a)
+    gram = torch.bmm(x1, x2.transpose(1, 2))[:, None]
+    first = z1.clamp_min(0) @ z2.clamp_min(0).transpose(-1, -2)
+    second = ((z1 > 0).to(a.dtype) * (b ** 2)[:, :, None, :]) @ (z2 > 0).to(a.dtype).transpose(-1, -2)
+    return first + second * gram

@@ -140,6 +140,15 @@ def _tt_state(B=2, m=12):
     return randn(B, m + 1, seed=10), u
 
 
+def _exp_p0(shift=0.0):
+    p = lazy.pairs_init(4, 3, [0.5, 2.0], repeats=2, seed=0)
+    return {"a": p["a"] + shift, "b": p["b"]}
+
+
+def _exp_teacher():
+    return lazy.relu_teachers(2, 3, m0=2, seed=1)
+
+
 def _lazy_model():
     return lazy.as_function(_mlp())
 
@@ -310,6 +319,22 @@ VALID = {
     "lazy.digits": lambda: dict(n_train=5, n_test=3, seed=0, dtype=torch.float32, device="cpu"),
     "lazy.small_cnn": lambda: dict(channels=2, seed=0, dtype=torch.float32, device="cpu"),
     "lazy.accuracy": lambda: dict(out=randn(4, 3), labels=torch.tensor([0, 1, 2, 0])),
+    "lazy.BatchRun": lambda: dict(a=randn(1, 1, 2, 3), b=randn(1, 1, 2)),
+    "lazy.pairs_init": lambda: dict(m=4, d=3, taus=[0.5, 2.0], repeats=2, generator=None, seed=0, dtype=D,
+                                    device="cpu"),
+    "lazy.relu_teachers": lambda: dict(repeats=2, d=3, m0=2, generator=None, seed=1, dtype=D, device="cpu"),
+    "lazy.relu_outputs": lambda: dict(params=_exp_p0(), x=randn(2, 5, 3), tangent_at=_exp_p0(0.1)),
+    "lazy.relu_gd": lambda: dict(params0=_exp_p0(), x=randn(2, 5, 3), y=randn(2, 5, seed=1), lr=0.1, steps=3,
+                                 x_test=randn(2, 4, 3, seed=2), y_test=randn(2, 4, seed=3), record_every=1,
+                                 linearised=False),
+    "lazy.relu_online_sgd": lambda: dict(params0=_exp_p0(), teacher=_exp_teacher(), lr=0.1, steps=3, batch=4,
+                                         average=2, record_every=1, linearised=True, generator=None, seed=0),
+    "lazy.sphere_gated_inner": lambda: dict(gates1=randn(2, 3, 3), vectors1=randn(2, 3, 3, seed=1),
+                                            gates2=randn(2, 2, 3, seed=2), vectors2=randn(2, 2, 3, seed=3)),
+    "lazy.sphere_relu_loss": lambda: dict(params=_exp_p0(), teacher=_exp_teacher(), tangent_at=_exp_p0(0.1)),
+    "lazy.TangentFit": lambda: dict(gates=X, vectors=X, loss=Y, signal=Y),
+    "lazy.sphere_tangent_fit": lambda: dict(gates=randn(2, 3, 3), teacher=_exp_teacher()),
+    "lazy.relu_tangent_kernel": lambda: dict(params=_exp_p0(), x1=randn(2, 5, 3), x2=randn(2, 4, 3, seed=1)),
     # losses
     "losses.square": lambda: dict(y=Y, y_hat=Y * 0.5),
     "losses.square_derivative": lambda: dict(y=Y, y_hat=Y * 0.5),
@@ -526,7 +551,7 @@ CONTAINERS = {
     "activations.Activation", "dynamics.loop.Engine", "dynamics.loop.Trajectory",
     "backprop.Cache", "backprop.Timing", "data.Dataset", "erm.Run", "gp.GPPosterior", "gp.Flow",
     "kernels.Kernels", "lazy.TeacherStudent", "lazy.TrainResult", "lazy.Kappa",
-    "lazy.Digits", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
+    "lazy.Digits", "lazy.BatchRun", "lazy.TangentFit", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
     "threelayer.Sample", "threelayer.Forward", "threelayer.Run", "threelayer.CoupledRun",
     "threelayer.TwoLayerParams", "two_timescale.TrainResult", "two_timescale.FixedSampleResult",
     "universal.Fit", "erm.SGDMoments", "two_timescale_sgd.SGDResult", "plotting.InteractiveHTML", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
@@ -938,6 +963,9 @@ DIVERGING = {
     "lazy.train": lambda: lazy.train(*_lazy_model(), randn(5, 2), randn(5), lr=1e6, steps=40),
     "lazy.train(batch_size)": lambda: lazy.train(*_lazy_model(), randn(5, 2), randn(5), lr=1e6, steps=40,
                                                  batch_size=2, x_test=randn(3, 2), y_test=randn(3)),
+    "lazy.relu_gd": lambda: lazy.relu_gd(_exp_p0(), randn(2, 5, 3), randn(2, 5) * 1e3, lr=1e8, steps=40,
+                                         x_test=randn(2, 4, 3), y_test=randn(2, 4), record_every=3),
+    "lazy.relu_online_sgd": lambda: lazy.relu_online_sgd(_exp_p0(), _exp_teacher(), lr=1e9, steps=40, batch=3),
     "meanfield.train(gd)": lambda: meanfield.train(_theta(), steps=40, lr=1e6, x=X, y=Y, record=[0, 1, 2, 40]),
     "meanfield.train(sgd)": lambda: meanfield.train(_theta(), steps=40, lr=1e6, method="sgd", teacher=_teacher(),
                                                     batch=3, record=5),

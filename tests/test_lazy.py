@@ -300,3 +300,132 @@ def test_centred_caches_the_base_output_exactly():
     assert torch.equal(fc(p, x), h(p, x) - h(p0, x))
     y = torch.randn(3, 2, generator=mflib.generator(3), dtype=torch.float64)
     assert torch.equal(fc(p, y), h(p, y) - h(p0, y))
+
+
+# ----------------------------------------------------------------------------- numerical experiment (I)
+
+def _exp_setup(R=2, T=2, m=6, d=5, n=40, dtype=torch.float64):
+    te = lazy.relu_teachers(R, d, m0=2, seed=1, dtype=dtype)
+    x = lazy.sphere(R * n, d, seed=2, dtype=dtype).reshape(R, n, d)
+    y = (torch.bmm(x, te["a"].transpose(1, 2)).clamp_min(0) * te["b"][:, None]).sum(-1)
+    p0 = lazy.pairs_init(m, d, [0.5, 2.0][:T], repeats=R, seed=3, dtype=dtype)
+    return te, x, y, p0
+
+
+def test_pairs_init_centred_and_scaled():
+    p = lazy.pairs_init(6, 4, [0.5, 2.0], repeats=3, seed=0)
+    assert p["a"].shape == (3, 2, 6, 4) and p["b"].shape == (3, 2, 6)
+    x = lazy.sphere(7, 4, seed=1).expand(3, 7, 4)
+    assert lazy.relu_outputs(p, x).abs().max() < 1e-12            # h(w0) = 0 by symmetry
+    assert torch.allclose(p["a"][:, 1], 4 * p["a"][:, 0]) and torch.allclose(p["b"][:, 1], 4 * p["b"][:, 0])
+    assert (p["b"][..., :3] >= 0).all() and torch.equal(p["a"][..., :3, :], p["a"][..., 3:, :])
+    with pytest.raises(ValueError, match="m"):
+        lazy.pairs_init(5, 4, [1.0])
+    with pytest.raises(ValueError, match="taus"):
+        lazy.pairs_init(4, 4, [-1.0])
+
+
+def test_relu_gd_gradient_matches_autograd():
+    te, x, y, p0 = _exp_setup()
+    run = lazy.relu_gd(p0, x, y, lr=0.3, steps=1)
+    a = p0["a"].clone().requires_grad_(True)
+    b = p0["b"].clone().requires_grad_(True)
+    out = torch.einsum("rtm,rtnm->rtn", b, torch.relu(torch.einsum("rnd,rtmd->rtnm", x, a)))
+    (0.5 * ((out - y[:, None]) ** 2).mean(-1)).sum().backward()
+    assert torch.allclose(run.a, p0["a"] - 0.3 * a.grad, atol=1e-12)
+    assert torch.allclose(run.b, p0["b"] - 0.3 * b.grad, atol=1e-12)
+    assert torch.allclose(run.train_loss[0], (0.5 * (y ** 2).mean(-1))[:, None].expand(2, 2))
+
+
+def test_relu_gd_per_scale_steps_and_records():
+    te, x, y, p0 = _exp_setup()
+    run = lazy.relu_gd(p0, x, y, lr=torch.tensor([0.5, 0.5 / 16]), steps=30, x_test=x, y_test=y, record_every=10)
+    assert run.steps == [0, 10, 20, 30] and run.train_loss.shape == (4, 2, 2)
+    assert torch.allclose(run.train_loss, run.eval_loss)           # test set = training set here
+    assert (run.train_loss[-1] < run.train_loss[0]).all() and not run.diverged.any()
+
+
+def test_linearised_is_the_tangent_model_and_lazy_limit():
+    """Tangent model: trains like the network for tiny steps; with lr ~ 1/tau^2 its
+    function-space trajectory does not depend on tau; the network approaches it as tau grows."""
+    te, x, y, _ = _exp_setup()
+    p0 = lazy.pairs_init(6, 5, [1.0, 10.0, 100.0], repeats=2, seed=3)
+    lr = torch.tensor([0.2, 0.002, 0.00002])
+    net = lazy.relu_gd(p0, x, y, lr=lr, steps=50)
+    lin = lazy.relu_gd(p0, x, y, lr=lr, steps=50, linearised=True)
+    assert torch.allclose(lin.final[:, 0], lin.final[:, 2], rtol=1e-8)
+    gap = (net.final - lin.final).abs() / lin.final
+    assert (gap[:, 2] < gap[:, 0]).all() and (gap[:, 2] < 1e-3).all()
+
+
+def test_diverging_batch_is_flagged_and_finite():
+    te, x, y, p0 = _exp_setup()
+    run = lazy.relu_gd(p0, x, 100 * y, lr=torch.tensor([1e-3, 1e6]), steps=30)
+    assert not run.diverged[:, 0].any() and run.diverged[:, 1].all()
+    assert torch.isfinite(run.train_loss).all() and torch.isfinite(run.a).all()
+
+
+def test_online_sgd_learns_and_same_stream():
+    te, _, _, p0 = _exp_setup()
+    r1 = lazy.relu_online_sgd(p0, te, lr=0.5, steps=300, batch=20, seed=4)
+    r2 = lazy.relu_online_sgd(p0, te, lr=0.5, steps=300, batch=20, seed=4)
+    assert torch.equal(r1.a, r2.a)
+    pop0 = lazy.sphere_relu_loss(p0, te)
+    pop = lazy.sphere_relu_loss({"a": r1.a, "b": r1.b}, te)
+    assert (pop < 0.5 * pop0).all()
+    # the running estimate of the population loss tracks the exact one (sampling error of the mean)
+    assert torch.allclose(r1.final, pop, rtol=0.5)
+
+
+def test_sphere_gated_inner_matches_monte_carlo():
+    gen = torch.Generator().manual_seed(0)
+    d = 6
+    c1, v1 = torch.randn(3, d, generator=gen, dtype=torch.float64), torch.randn(3, d, generator=gen, dtype=torch.float64)
+    c2, v2 = torch.randn(2, d, generator=gen, dtype=torch.float64), torch.randn(2, d, generator=gen, dtype=torch.float64)
+    c2[0] = c1[0]                        # equal and opposite gates: the degenerate angles
+    c2[1] = -c1[1]
+    exact = lazy.sphere_gated_inner(c1, v1, c2, v2)
+    x = lazy.sphere(400_000, d, seed=5)
+    f = lambda c, v: ((x @ c.T > 0) * (x @ v.T)).sum(1)
+    prod = f(c1, v1) * f(c2, v2)
+    assert abs(float(exact) - float(prod.mean())) < 4 * float(prod.std()) / math.sqrt(len(x))
+    # relu . relu: the arc-cosine kernel
+    phi = torch.arccos(torch.dot(c1[0], c1[2]) / c1[0].norm() / c1[2].norm())
+    arc = c1[0].norm() * c1[2].norm() * (torch.sin(phi) + (math.pi - phi) * torch.cos(phi)) / (2 * math.pi * d)
+    assert torch.allclose(lazy.sphere_gated_inner(c1[:1], c1[:1], c1[2:], c1[2:]), arc)
+
+
+def test_sphere_relu_loss_and_tangent_fit_match_sampling():
+    te, _, _, p0 = _exp_setup(d=4)
+    x = lazy.sphere(300_000, 4, seed=7)
+    xs = x.expand(2, *x.shape)
+    y = (torch.bmm(xs, te["a"].transpose(1, 2)).clamp_min(0) * te["b"][:, None]).sum(-1)
+    mc = 0.5 * ((lazy.relu_outputs({"a": p0["a"] + 0.3, "b": p0["b"]}, xs) - y[:, None]) ** 2).mean(-1)
+    exact = lazy.sphere_relu_loss({"a": p0["a"] + 0.3, "b": p0["b"]}, te)
+    assert torch.allclose(exact, mc, rtol=0.02)
+    fit = lazy.sphere_tangent_fit(p0["a"][:, 0], te)
+    assert fit.gates.shape == (2, 3, 4)                               # the pairs share their gates
+    feats = torch.cat([(x @ fit.gates[0, j] > 0)[:, None] * x for j in range(3)], 1)
+    sol = torch.linalg.lstsq(feats, y[0][:, None]).solution
+    assert torch.allclose(fit.vectors[0].reshape(-1), sol[:, 0], atol=0.02)
+    assert abs(float(fit.loss[0]) - float(0.5 * ((feats @ sol[:, 0] - y[0]) ** 2).mean())) < 0.02 * float(fit.signal[0])
+    assert (fit.loss < fit.signal).all()
+
+
+def test_relu_tangent_kernel_is_jacobian_gram():
+    te, x, y, p0 = _exp_setup(R=1, T=1)
+    p = {"a": p0["a"][0, 0], "b": p0["b"][0, 0]}
+    J = jacrev(lambda q: lazy.two_layer(q, x[0]))(p)
+    J = torch.cat([J["a"].reshape(len(x[0]), -1), J["b"]], 1)
+    assert torch.allclose(lazy.relu_tangent_kernel(p0, x, x)[0, 0], J @ J.T, atol=1e-12)
+
+
+def test_tangent_at_outputs_and_loss():
+    te, x, y, p0 = _exp_setup(d=4)
+    lin = lazy.relu_gd(p0, x, y, lr=0.3, steps=20, linearised=True)
+    out = lazy.relu_outputs({"a": lin.a, "b": lin.b}, x, tangent_at=p0)
+    assert torch.allclose(0.5 * ((out - y[:, None]) ** 2).mean(-1), lin.final)
+    xs = lazy.sphere(300_000, 4, seed=8).expand(2, 300_000, 4)
+    ys = (torch.bmm(xs, te["a"].transpose(1, 2)).clamp_min(0) * te["b"][:, None]).sum(-1)
+    mc = 0.5 * ((lazy.relu_outputs({"a": lin.a, "b": lin.b}, xs, tangent_at=p0) - ys[:, None]) ** 2).mean(-1)
+    assert torch.allclose(lazy.sphere_relu_loss({"a": lin.a, "b": lin.b}, te, tangent_at=p0), mc, rtol=0.02)
