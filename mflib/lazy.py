@@ -892,7 +892,7 @@ def accuracy(out: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- numerical experiment (I)
-# Chizat, Oyallon & Bach (2019), Section 5 and Figure 3: a two-layer relu student
+# Chizat, Oyallon & Bach (2019), numerical experiments (test loss against the scale): a two-layer relu student
 # h(w, x) = sum_j b_j relu(a_j . x) learns a relu teacher in d = 100, from a symmetrised
 # Gaussian initialisation of scale tau.  Every tau and every repeat is one slice of a batch:
 # parameters have shapes (R, T, m, d) and (R, T, m) (R repeats, T scales), inputs (R, n, d).
@@ -1207,7 +1207,7 @@ def relu_gd(params0: dict, x: torch.Tensor, y: torch.Tensor, *, lr, steps: int,
     Minimises :math:`F(w) = \frac1{2n}\sum_{i=1}^n \bigl(h(w, x_i) - y_i\bigr)^2`
     with :math:`h(w, x) = \sum_j b_j\,\mathrm{relu}(a_j\cdot x)` by
     :math:`w_{k+1} = w_k - \eta\nabla F(w_k)` (closed-form gradients, every scale
-    and repeat at once), as in Figure 3(a) of Chizat, Oyallon & Bach (2019).
+    and repeat at once), as in panel (a) of the test-loss-against-scale experiment of Chizat, Oyallon & Bach (2019).
     With ``linearised=True`` the model is the tangent model at :math:`w_0`,
     :math:`\bar h(w, x) = h(w_0, x) + Dh(w_0, x)(w - w_0)`, trained the same way.
 
@@ -1278,7 +1278,7 @@ def relu_online_sgd(params0: dict, teacher: dict, *, lr, steps: int, batch: int 
     :math:`y(x) = \sum_k s_k\,\mathrm{relu}(u_k\cdot x)` and takes a gradient step
     on :math:`\frac1{2B}\sum_i (h(w, x_i) - y(x_i))^2`: stochastic gradient
     descent directly on the population loss
-    :math:`L(w) = \frac12\mathbb E_x (h(w, x) - y(x))^2`, as in Figure 3(b) of
+    :math:`L(w) = \frac12\mathbb E_x (h(w, x) - y(x))^2`, as in panel (b) of that experiment of
     Chizat, Oyallon & Bach (2019).  With ``linearised=True`` the tangent model at
     :math:`w_0` is trained on the same samples.
 
