@@ -56,7 +56,7 @@ def _w(w, x, name="w"):
     _checks.matching(w, x, name, "x")
     if w.shape[-1] != p:
         raise ValueError(f"{name} must have {p} entries in its last dimension (one per input "
-                         f"feature), got shape {tuple(w.shape)}")
+                         f"feature: a column of x), got shape {tuple(w.shape)}")
     return w
 
 

@@ -271,6 +271,55 @@ def test_digits_cnn_and_accuracy():
         lazy.small_cnn(2.5)
 
 
+def test_digits_pixel_centring():
+    pytest.importorskip("sklearn")
+    d = lazy.digits(200, 30, seed=0, centre="pixel")
+    assert float(d.x_train.mean(0).abs().max()) < 1e-5           # the mean training image is zero
+    assert abs(float(d.x_train.std()) - 1.0) < 1e-3
+    g = lazy.digits(200, 30, seed=0)                             # same split, other scaling
+    torch.testing.assert_close(d.labels_test, g.labels_test)
+    with pytest.raises(ValueError, match="centre"):
+        lazy.digits(20, 10, centre="none")
+
+
+def test_conv_net_counts_and_matches_small_cnn():
+    net = lazy.conv_net(seed=2)
+    c, h = 16, 512
+    assert sum(p.numel() for p in net.parameters()) == 10 * c + 9 * c * c + c + (16 * c + 1) * h + 10 * (h + 1)
+    assert sum(p.numel() for p in net.parameters()) == 139194
+    x = torch.randn(7, 1, 8, 8, generator=mflib.generator(0))
+    assert net(x).shape == (7, 10)
+    torch.testing.assert_close(net(x), lazy.conv_net(seed=2)(x))  # the seed fixes the weights
+    a, b = lazy.conv_net(4, 0, seed=1).state_dict(), lazy.small_cnn(4, seed=1).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert lazy.conv_net(3, 5, dtype=torch.float64).state_dict()["0.weight"].dtype == torch.float64
+    with pytest.raises(TypeError, match="hidden"):
+        lazy.conv_net(4, 2.0)
+    with pytest.raises(ValueError, match="hidden"):
+        lazy.conv_net(4, -1)
+
+
+def test_select_output_is_one_output_of_flattened_images():
+    from mflib import empirical
+    net = lazy.conv_net(2, 3, seed=0)
+    sel = lazy.SelectOutput(net, 4)
+    x = torch.randn(5, 64, generator=mflib.generator(1))
+    torch.testing.assert_close(sel(x), net(x.reshape(5, 1, 8, 8))[:, 4])
+    assert [p for p in sel.parameters()] == [p for p in net.parameters()]  # shared, not copied
+    K = empirical.empirical_ntk(sel, x)
+    assert K.shape == (5, 5) and float(torch.linalg.eigvalsh(K.double()).min()) > -1e-4 * float(K.diagonal().max())
+    with pytest.raises(ValueError, match="x must have 64 columns"):
+        sel(torch.randn(5, 63))
+    with pytest.raises(TypeError, match="x"):
+        sel(x.double())
+    with pytest.raises(ValueError, match="index"):
+        lazy.SelectOutput(net, 10)(x)
+    with pytest.raises(TypeError, match="net"):
+        lazy.SelectOutput(lambda t: t, 0)
+    with pytest.raises(TypeError, match="shape"):
+        lazy.SelectOutput(net, 0, shape=8)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_train_takes_the_steps_of_torch_optim_sgd(data, momentum):
     """train writes SGD's update out: the same parameters, bit for bit."""
