@@ -64,14 +64,16 @@ def main():
     load0 = os.getloadavg()[0]
     rows, sections = [], []
     for name, (make, act) in PROBLEMS.items():
-        kw = dict(units=10, activation=act, lr_a=1.0, lr_u=0.01, runs=1, generator=mflib.generator(1))
+        kw = dict(units=10, activation=act, lr_a=1.0, lr_u=0.01, runs=1)
         X64, y64 = make(torch.float64)
         X32, y32 = make(torch.float32)
-        tt.train_fixed_sample(X64, y64, epochs=2, engine="compiled", threads=1, **kw)   # load the cache
-        t32 = _cpu(lambda: tt.train_fixed_sample(X32, y32, epochs=args.probe, engine="torch", **kw)) / args.probe
-        t64 = _cpu(lambda: tt.train_fixed_sample(X64, y64, epochs=args.probe, engine="torch", **kw)) / args.probe
+        tt.train_fixed_sample(X64, y64, epochs=2, engine="compiled", threads=1, generator=mflib.generator(1), **kw)
+        t32 = _cpu(lambda: tt.train_fixed_sample(X32, y32, epochs=args.probe, engine="torch",
+                                                generator=mflib.generator(1), **kw)) / args.probe
+        t64 = _cpu(lambda: tt.train_fixed_sample(X64, y64, epochs=args.probe, engine="torch",
+                                                generator=mflib.generator(1), **kw)) / args.probe
         tc = _cpu(lambda: tt.train_fixed_sample(X64, y64, epochs=args.probe_compiled, engine="compiled", threads=1,
-                                                **kw)) / args.probe_compiled
+                                                generator=mflib.generator(1), **kw)) / args.probe_compiled
         rows.append({"problem": name, "autograd float32 ms/epoch": 1e3 * t32, "autograd float64 ms/epoch": 1e3 * t64,
                      "compiled ms/epoch": 1e3 * tc, "speed-up vs float32": t32 / tc, "speed-up vs float64": t64 / tc})
         wall = 0.0

@@ -221,6 +221,9 @@ def _fixed(engine, X, y, **kw):
     # the paper's two-timescale settings (eta = 0.01, lr_u = 0.01), stable, so many epochs
     (lambda: tt.additive_step_problem(2, 400, generator=mflib.generator(0), dtype=D), "step",
      dict(units=10, lr_a=1.0, lr_u=0.01, epochs=300, runs=2)),
+    # ten dimensions, 100 units, the paper's two-timescale rates
+    (lambda: tt.additive_step_problem(10, 2000, generator=mflib.generator(0), dtype=D), "step",
+     dict(units=10, lr_a=1.0, lr_u=0.01, epochs=20, runs=2)),
     (lambda: tt.relu_teacher_problem(300, generator=mflib.generator(0), dtype=D), "relu",
      dict(units=6, lr_a=1.0, lr_u=0.3, epochs=100, runs=3)),
     (lambda: tt.additive_step_problem(2, 200, generator=mflib.generator(0), dtype=D), "relu",
