@@ -486,7 +486,7 @@ VALID = {
     "two_timescale.train_fixed_sample": lambda: dict(X=tt.additive_step_problem(2, 8, generator=g())[0],
                                                      y=tt.additive_step_problem(2, 8, generator=g())[1], units=2,
                                                      activation="step", lr_a=0.1, lr_u=0.01, epochs=3, runs=2,
-                                                     generator=g(), eta=0.05),
+                                                     generator=g(), eta=0.05, engine="auto", threads=1),
     # methods
     "losses.Loss.__call__": lambda: dict(self=losses.LOSSES["square"], y=Y, y_hat=Y * 0.5),
     "gp.Linearized.delta": lambda: dict(self=gp.Linearized(_mlp())),
@@ -986,6 +986,9 @@ DIVERGING = {
     "two_timescale.train_fixed_sample": lambda: tt.train_fixed_sample(
         *tt.additive_step_problem(2, 8, generator=g()), units=2, activation="relu", lr_a=1e100, lr_u=1e100,
         epochs=3, runs=2, generator=g()),
+    "two_timescale.train_fixed_sample(compiled)": lambda: tt.train_fixed_sample(
+        *tt.additive_step_problem(2, 8, generator=g(), dtype=torch.float64), units=2, activation="relu",
+        lr_a=1e100, lr_u=1e100, epochs=3, runs=2, generator=g(), engine="compiled"),
 }
 
 

@@ -210,6 +210,77 @@ def test_fixed_sample_gd_runs_and_decreases():
     assert r.rmse.shape == (2,)
 
 
+def _fixed(engine, X, y, **kw):
+    return tt.train_fixed_sample(X, y, generator=mflib.generator(1), engine=engine, **kw)
+
+
+@pytest.mark.parametrize("problem, act, kw", [
+    # the smooth step in three dimensions, a wide window and a fast u (many window crossings)
+    (lambda: tt.additive_step_problem(3, 300, generator=mflib.generator(0), dtype=D), "step",
+     dict(units=6, lr_a=1.0, lr_u=0.3, epochs=12, runs=3, eta=0.05)),
+    # the paper's two-timescale settings (eta = 0.01, lr_u = 0.01), stable, so many epochs
+    (lambda: tt.additive_step_problem(2, 400, generator=mflib.generator(0), dtype=D), "step",
+     dict(units=10, lr_a=1.0, lr_u=0.01, epochs=300, runs=2)),
+    # ten dimensions, 100 units, the paper's two-timescale rates
+    (lambda: tt.additive_step_problem(10, 2000, generator=mflib.generator(0), dtype=D), "step",
+     dict(units=10, lr_a=1.0, lr_u=0.01, epochs=20, runs=2)),
+    (lambda: tt.relu_teacher_problem(300, generator=mflib.generator(0), dtype=D), "relu",
+     dict(units=6, lr_a=1.0, lr_u=0.3, epochs=100, runs=3)),
+    (lambda: tt.additive_step_problem(2, 200, generator=mflib.generator(0), dtype=D), "relu",
+     dict(units=5, lr_a=1.0, lr_u=1.0, epochs=60, runs=2)),
+])
+def test_fixed_sample_compiled_matches_autograd(problem, act, kw):
+    """The sorted-sample engine computes the same objective and gradient as the
+    elementwise autograd engine: the runs agree to rounding (the order of the
+    sums differs).  Short enough that rounding is not amplified (the standard
+    regime is sensitive to it: differences grow ~e-fold per few epochs)."""
+    X, y = problem()
+    ref = _fixed("torch", X, y, activation=act, **kw)
+    new = _fixed("compiled", X, y, activation=act, **kw)
+    for name in ("a", "u", "rmse", "history"):
+        torch.testing.assert_close(getattr(new, name), getattr(ref, name), rtol=0, atol=1e-12, msg=name)
+
+
+def test_fixed_sample_windows_at_sample_points():
+    """Positions put exactly on sample points and window edges (z = -1/2, 0, 1/2
+    exactly): the compiled engine's window bounds agree with the elementwise rule."""
+    from mflib import _fixed_sample
+
+    eta = 0.25                                     # a power of two: x - u and (x - u) / eta exact
+    X = torch.arange(64, dtype=D)[:, None] / 64
+    y = (X[:, 0] > 0.5).double()
+    u0 = torch.tensor([[[0.5], [0.375], [0.625], [0.0]]], dtype=D)    # windows end on sample points
+    a0 = torch.tensor([[[1.0], [0.5], [-0.25], [2.0]]], dtype=D)
+    for relu in (False, True):
+        a, u, rmse, hist, div = _fixed_sample.train(X.numpy(), y.numpy(), a0.numpy(), u0.numpy(), relu=relu,
+                                                    eta=eta, lr_a=0.5, lr_u=0.0, epochs=1, threads=1)
+        z = (X[None, :, None, :] - u0[:, None]) / (1.0 if relu else eta)
+        phi = torch.relu(z) if relu else tt.smooth_step(z)
+        r = (a0[:, None] * phi).sum((2, 3)) - y
+        assert div[0] == -1 and abs(hist[0, 0] - float(r.norm()) / 64) < 1e-15
+
+
+def test_fixed_sample_engines_dispatch_and_threads():
+    X, y = tt.additive_step_problem(2, 150, generator=mflib.generator(0), dtype=D)
+    kw = dict(units=4, activation="step", lr_a=1.0, lr_u=0.01, epochs=30, runs=5)
+    auto = _fixed("auto", X, y, **kw)
+    one = _fixed("compiled", X, y, threads=1, **kw)
+    three = _fixed("compiled", X, y, threads=3, **kw)
+    for name in ("a", "u", "rmse", "history"):        # float64 on the CPU: the compiled engine, bit for bit
+        assert torch.equal(getattr(auto, name), getattr(one, name))
+        assert torch.equal(getattr(three, name), getattr(one, name))
+    X32, y32 = tt.additive_step_problem(2, 150, generator=mflib.generator(0))
+    r_auto = _fixed("auto", X32, y32, **kw)             # float32: the torch engine, as before
+    r_torch = _fixed("torch", X32, y32, **kw)
+    assert r_auto.u.dtype == torch.float32 and torch.equal(r_auto.u, r_torch.u)
+    with pytest.raises(ValueError, match="engine"):
+        _fixed("compiled", X32, y32, **kw)
+    with pytest.raises(ValueError, match="engine"):
+        _fixed("numba", X, y, **kw)
+    with pytest.raises(mflib.Diverged):
+        _fixed("compiled", X, y, **dict(kw, activation="relu", lr_a=1e100, lr_u=1e100))
+
+
 # ------------------------------------------------------------------ validation
 
 
