@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call, grad, jvp, vjp
 
-from mflib.stats import fit_slope  # noqa: F401  (re-exported for the pages)
 from mflib import _checks
 from mflib.config import DTYPE, generator as _generator
 

@@ -49,7 +49,6 @@ from dataclasses import dataclass
 
 import torch
 
-from mflib.stats import fit_slope  # noqa: F401  (re-exported for the pages)
 from mflib import _checks
 from mflib import arccos
 from mflib.dynamics import loop as _loop

@@ -11,7 +11,7 @@ import torch
 from torch.func import jacrev
 
 import mflib
-from mflib import gp, lazy
+from mflib import gp, lazy, stats
 
 F64 = torch.float64
 
@@ -62,7 +62,7 @@ def test_symmetric_init_is_centred_and_balanced():
      ValueError, "x"),
     (lambda: lazy.two_layer({"a": torch.ones(3, 2), "b": torch.ones(3)}, torch.ones(4, 2),
                             activation="elu"), ValueError, "activation"),
-    (lambda: lazy.fit_slope([1, 2], [1, -1]), ValueError, "y"),
+    (lambda: stats.fit_slope([1, 2], [1, -1]), ValueError, "y"),
     (lambda: lazy.rms(torch.ones(0)), ValueError, "v"),
 ])
 def test_bad_arguments(call, exc, word):
@@ -121,8 +121,8 @@ def test_lazy_limit_distance_and_displacement_fall_like_one_over_alpha(data):
         with torch.no_grad():
             dist.append(lazy.rms(alpha * (fn(r.params, data.x_test) - fl(rl.params, data.x_test))))
         disp.append(lazy.displacement(r.params, p0))
-    assert -1.25 < lazy.fit_slope(alphas, dist) < -0.75
-    assert -1.1 < lazy.fit_slope(alphas, disp) < -0.9
+    assert -1.25 < stats.fit_slope(alphas, dist) < -0.75
+    assert -1.1 < stats.fit_slope(alphas, disp) < -0.9
 
 
 def test_train_records_and_keeps(data):
@@ -221,7 +221,7 @@ def test_relative_scale_homogeneous_model(data):
 
 def test_fit_slope_exact():
     xs = [1.0, 2.0, 4.0, 8.0]
-    assert lazy.fit_slope(xs, [3 * v ** -1.5 for v in xs]) == pytest.approx(-1.5)
+    assert stats.fit_slope(xs, [3 * v ** -1.5 for v in xs]) == pytest.approx(-1.5)
 
 
 def test_float32_stays_float32(data):

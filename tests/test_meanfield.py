@@ -8,6 +8,7 @@ import torch
 
 import mflib
 from mflib import meanfield as mfm
+from mflib import stats
 
 
 
@@ -158,7 +159,7 @@ def test_relative_scale_and_displacement():
 
 
 def test_fit_slope_and_kernel():
-    assert abs(mfm.fit_slope([1, 10, 100], [3.0, 0.3, 0.03]) + 1) < 1e-12
+    assert abs(stats.fit_slope([1, 10, 100], [3.0, 0.3, 0.03]) + 1) < 1e-12
     x = torch.randn(6, 3, dtype=torch.float64, generator=mflib.generator(0))
     k = mfm.relu_kernel(x, kind="nngp")
     assert torch.allclose(torch.diagonal(k), (x * x).sum(1) / 6)  # |x|^2 kappa1(0) / d = |x|^2/(2d)
