@@ -995,7 +995,9 @@ def accuracy(out: torch.Tensor, labels: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- numerical experiment (I)
 # Chizat, Oyallon & Bach (2019), numerical experiments (test loss against the scale): a two-layer relu student
 # h(w, x) = sum_j b_j relu(a_j . x) learns a relu teacher in d = 100, from a symmetrised
-# Gaussian initialisation of scale tau.  Every tau and every repeat is one slice of a batch:
+# Gaussian initialisation of scale tau.  The names follow the keys of two_layer: here a_j are the input
+# weights and b_j the output weights (the book's notation swaps them: output a_j, input b_j).
+# Every tau and every repeat is one slice of a batch:
 # parameters have shapes (R, T, m, d) and (R, T, m) (R repeats, T scales), inputs (R, n, d).
 
 _LOSS_LIMIT = 1e30
