@@ -1641,9 +1641,11 @@ def sphere_tangent_fit(gates: torch.Tensor, teacher: dict) -> TangentFit:
     :math:`x` uniform on :math:`S^{d-1}`, is solved exactly: :math:`G v = g` with the
     Gram matrix :math:`G_{jk} = \mathbb E[\mathbf 1_j\mathbf 1_k x x^\top]` and
     :math:`g_j = \mathbb E[\mathbf 1_j\, x\, y]` in closed form
-    (:func:`sphere_gated_inner`), by a Cholesky factorisation.  This is the limit,
-    as training time grows, of a lazy network trained on the population loss
-    (Chizat, Oyallon & Bach, 2019, Theorem 3.3 with the population risk).
+    (:func:`sphere_gated_inner`), by a Cholesky factorisation.  This is where the
+    gradient flow of the tangent model on the population loss goes as training
+    time grows (a convex quadratic in :math:`v`, with :math:`h(w_0) = 0`), hence
+    the predictor that a lazy network approaches in the under-parameterised
+    setting of Chizat, Oyallon & Bach (2019).
 
     Parameters
     ----------
