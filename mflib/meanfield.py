@@ -486,9 +486,11 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
           teacher: torch.Tensor | None = None, activation: str = "relu",
           teacher_activation: str | None = None, scaling: str = "mf", batch: int = 1,
           bias: bool = False,
-          reg: str = "none", lam: float = 0.0, record=None, keep_thetas: bool = True,
-          on_diverge: str = "flag", generator: torch.Generator | None = None) -> Trajectory:
-    r"""Train the particles by gradient descent, online SGD or population gradient flow.
+          reg: str = "none", lam: float = 0.0, temperature: float = 0.0, record=None,
+          keep_thetas: bool = True, on_diverge: str = "flag",
+          generator: torch.Generator | None = None) -> Trajectory:
+    r"""Train the particles by gradient descent, online SGD or population gradient flow,
+    optionally with Langevin noise (noisy particle gradient descent).
 
     Each particle moves by
     :math:`\theta_i \leftarrow \theta_i - \eta\bigl(\frac1{m\alpha^2}\nabla_{\theta_i}R + \nabla V(\theta_i)\bigr)`,
@@ -496,6 +498,28 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     mean-field scaling (the explicit Euler scheme of the Wasserstein
     gradient flow of :math:`F(\mu) = R(\int\phi\,\mathrm d\mu) + \int V\mathrm d\mu`,
     with time :math:`t = \eta k`).
+
+    With ``temperature`` :math:`\tau > 0` each step also adds
+    :math:`\sqrt{2\eta\tau}\,\xi_i` with :math:`\xi_i\sim\mathcal N(0, I_{1+p})` i.i.d.
+    over particles and steps (noisy particle gradient descent): the
+    Euler--Maruyama scheme of the particle SDE
+    :math:`\mathrm d\theta_i = -\nabla_\theta F'(\mu_m)(\theta_i)\,\mathrm dt + \sqrt{2\tau}\,\mathrm dB_i`
+    in the mean-field scaling, whose many-particle limit is the mean-field
+    Langevin (McKean--Vlasov) equation
+    :math:`\partial_t\mu = \nabla\cdot(\mu\nabla F'(\mu)) + \tau\Delta\mu`, the
+    Wasserstein gradient flow of the entropy-regularised objective
+
+    .. math::
+
+       G_\tau(\mu) = R\Bigl(\int\phi\,\mathrm d\mu\Bigr) + \frac\lambda2\int\lVert\theta\rVert^2\mathrm d\mu
+          + \tau\int\mu\log\mu
+
+    (with ``reg="l2"``; the weight decay is the confining term that makes
+    :math:`G_\tau` bounded below and its minimiser a probability measure:
+    Mei, Montanari & Nguyen 2018; Chizat 2022; Nitanda, Wu & Suzuki 2022).
+    The recorded ``risk`` is :math:`R + \int V\mathrm d\mu_m` *without* the
+    entropy, which an empirical measure does not have.  ``temperature=0``
+    draws nothing and gives bit-identical results to plain training.
 
     Parameters
     ----------
@@ -533,6 +557,10 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
         (the path norm, Bach's :math:`\ell_1`-type penalty itself).
     lam : float
         :math:`\lambda \ge 0`.
+    temperature : float
+        Langevin temperature :math:`\tau \ge 0` (0: no noise).  Without a
+        confining penalty (``reg="l2"``, ``lam > 0``) the noise makes the
+        particles diffuse without bound.
     record : int or sequence of int, optional
         Steps at which to record (None: first and last; an int ``k``:
         ``k`` roughly log-spaced steps; a sequence: those steps).  Recording
@@ -544,7 +572,8 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
         ``"flag"`` or ``"raise"``.  On non-finite values, return with ``diverged=True`` (records cut at
         the last finite one) or raise :class:`mflib.Diverged`.
     generator : torch.Generator, optional
-        CPU generator for the mini-batches.
+        CPU generator for the mini-batches and the Langevin noise (drawn on
+        the CPU in float64, one ``(1 + p, m)`` block a step, then moved).
 
     Returns
     -------
@@ -562,6 +591,7 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     _checks.choice(reg, "reg", REGS)
     _checks.choice(on_diverge, "on_diverge", ("flag", "raise"))
     lam = _checks.real(lam, "lam", nonnegative=True)
+    temperature = _checks.real(temperature, "temperature", nonnegative=True)
     batch = _checks.size(batch, "batch")
     m = theta.shape[0]
     alpha = _alpha(m, scaling)
@@ -601,6 +631,8 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     per_step = {"population": m * (m + (teacher.shape[0] if teacher is not None else 0)) * 40,
                 "gd": (xt.shape[0] if xt is not None else 0) * m * theta.shape[1] * 6,
                 "sgd": batch * m * theta.shape[1] * 6}[method]
+    if temperature > 0:
+        per_step += theta.numel() * 20
     _checks.budget(float(steps + 1) * (per_step + 1e3), "steps (with the sizes of theta, x, teacher "
                    "and batch)")
     if keep_thetas:
@@ -616,6 +648,8 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
     last_ok = _copy(cur)
     work = {}
     diverged = False
+    noise_scale = math.sqrt(2.0 * lr * temperature)
+    noise_t = (theta.shape[1], m)
 
     def objective(th, risk):
         if reg == "none" or lam == 0:
@@ -660,6 +694,10 @@ def train(theta: torch.Tensor, *, steps: int, lr: float, method: str = "gd",
             cur.add_(_penalty_grad(cur, reg, lam)[0], alpha=-lr)
         cur[:, 0].add_(ga, alpha=-pstep)
         cur[:, 1:].add_(gw, alpha=-pstep)
+        if noise_scale:
+            # one (1 + p, m) block: the layout of the particles' store, a contiguous pass
+            xi = torch.randn(noise_t, generator=g, dtype=torch.float64)
+            cur.add_(xi.to(dtype=dt, device=dev).T, alpha=noise_scale)
     if not diverged and not bool(torch.isfinite(cur).all()):
         diverged = True
     if diverged:

@@ -17,7 +17,7 @@ import torch
 from mflib import _checks
 
 __all__ = ["fit_slope", "slope_fit", "slope_over_repeats", "estimate", "batch_means", "SlopeFit",
-           "Estimate"]
+           "Estimate", "relaxation_fit", "RelaxationFit"]
 
 
 @dataclass(frozen=True)
@@ -219,3 +219,142 @@ def fit_slope(x, y) -> float:
     if xs.numel() != ys.numel() or xs.numel() < 2:
         raise ValueError(f"x and y must have the same length, at least 2; got {xs.numel()} and {ys.numel()}")
     return slope_fit(xs, ys).value
+
+
+@dataclass(frozen=True)
+class RelaxationFit:
+    r"""Result of :func:`relaxation_fit`.
+
+    Attributes
+    ----------
+    rate : SlopeFit
+        Slope :math:`\hat s` of :math:`\log\lvert\bar c(t) - \bar c_\infty\rvert`
+        against :math:`t` over the window (negative for an exponential approach,
+        :math:`\bar c(t) - \bar c_\infty \approx Ce^{\hat st}`), with its
+        jackknife standard error over the repeats; ``n`` is the number of points.
+    halves : Estimate
+        Slope on the first half of the window minus slope on the second half,
+        with its jackknife standard error: 0 for an exponential approach, while
+        a power law :math:`t^{-p}` (rate :math:`p/t`) makes it negative.
+    stationary : Estimate
+        The stationary value: per-repeat means over the tail, mean and
+        standard error over repeats.
+    window : tuple of float
+        First and last time of the fitted window.
+    noise : float
+        Standard deviation of the mean curve over the tail (its fluctuation
+        at stationarity), the unit of the window's threshold.
+    """
+
+    rate: SlopeFit
+    halves: Estimate
+    stationary: Estimate
+    window: tuple
+    noise: float
+
+
+def _line(t, y):
+    ct = t - t.mean()
+    slope = float((ct * (y - y.mean())).sum() / (ct * ct).sum())
+    return slope, float(y.mean()) - slope * float(t.mean())
+
+
+def relaxation_fit(times, curves, *, t_min: float, tail: float = 0.5,
+                   threshold: float = 3.0) -> RelaxationFit:
+    r"""Fit an exponential approach to stationarity, :math:`c(t)\to c_\infty`, over repeats.
+
+    ``curves[r]`` is one observable along independent runs :math:`r` (seeds)
+    at ``times``.  With :math:`\bar c` the mean curve and
+    :math:`\bar c_\infty` its mean over the last ``tail`` fraction of the
+    points, the window starts at the first time :math:`\ge` ``t_min`` and
+    runs while :math:`\lvert\bar c - \bar c_\infty\rvert` keeps the sign it
+    has there and stays above ``threshold`` times the fluctuation of
+    :math:`\bar c` over the tail (and while every leave-one-out mean curve
+    keeps that sign); on it, :math:`\log\lvert\bar c - \bar c_\infty\rvert`
+    is fitted linearly in :math:`t`.  The standard errors are jackknife
+    ones over the repeats (leave one run out, recompute
+    :math:`\bar c`, :math:`\bar c_\infty` and the slopes on the same window):
+    the fluctuations of one run are correlated in time, so the residuals of
+    the line would understate the error.
+
+    Parameters
+    ----------
+    times : array-like
+        1-d, strictly increasing, length :math:`T`.
+    curves : array-like
+        Shape ``(R, T)`` with :math:`R \ge 2` repeats, finite.
+    t_min : float
+        Earliest time of the window (skip the initial transient).
+    tail : float
+        Fraction of the points, in :math:`(0, 1)`, at the end taken as stationary.
+    threshold : float
+        Window threshold in units of the stationary fluctuation, :math:`> 0`.
+
+    Returns
+    -------
+    RelaxationFit
+    """
+    t = _as_reals(times, "times")
+    c = _as_reals(curves, "curves")
+    if t.ndim != 1 or t.numel() < 8:
+        raise ValueError(f"times must be 1-d with at least 8 values, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or not bool((t[1:] > t[:-1]).all()):
+        raise ValueError("times must be finite and strictly increasing")
+    if c.ndim != 2 or c.shape[0] < 2 or c.shape[1] != t.numel():
+        raise ValueError(f"curves must have shape (repeats >= 2, len(times) = {t.numel()}), "
+                         f"got {tuple(c.shape)}")
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("curves must be finite")
+    t_min = _checks.real(t_min, "t_min")
+    tail = _checks.real(tail, "tail", positive=True, maximum=1.0)
+    threshold = _checks.real(threshold, "threshold", positive=True)
+    n_t = t.numel()
+    n_tail = int(round(tail * n_t))
+    if n_tail < 2 or n_tail >= n_t:
+        raise ValueError(f"tail = {tail} leaves {n_tail} stationary points of {n_t}: "
+                         "need at least 2 and fewer than all")
+    reps = c.shape[0]
+    per_run = c[:, n_t - n_tail:].mean(1)
+    stationary = Estimate(value=_checks.finite_result(float(per_run.mean()), "the stationary value",
+                                                      "curves (their scale)"),
+                          se=_checks.finite_result(float(per_run.std(unbiased=True)) / math.sqrt(reps),
+                                                   "the stationary standard error", "curves (their scale)"),
+                          n=reps)
+    mean = c.mean(0)
+    noise = _checks.finite_result(float(mean[n_t - n_tail:].std(unbiased=True)),
+                                  "the stationary fluctuation", "curves (their scale)")
+    loo = (c.sum(0, keepdim=True) - c) / (reps - 1)                     # (R, T) leave-one-out means
+    gaps = torch.cat([mean[None], loo]) - torch.cat([mean[None], loo])[:, n_t - n_tail:].mean(1, keepdim=True)
+    _checks.finite_result(gaps, "the gaps to stationarity", "curves (their scale)")
+    start = int(torch.searchsorted(t, torch.tensor([t_min], dtype=t.dtype)).item())
+    if start >= n_t - n_tail:
+        raise ValueError(f"t_min = {t_min} leaves no point before the stationary tail "
+                         f"(t >= {float(t[n_t - n_tail]):g})")
+    sign = 1.0 if float(gaps[0, start]) >= 0 else -1.0
+    end = start
+    while (end < n_t - n_tail and sign * float(gaps[0, end]) >= threshold * noise
+           and bool((sign * gaps[1:, end] > 0).all())):
+        end += 1
+    if end - start < 4:
+        raise ValueError(f"the window from t_min = {t_min} holds {end - start} points at which the mean "
+                         f"of curves is farther from its stationary value than threshold = {threshold} "
+                         f"times its fluctuation {noise:.3g}: need at least 4 (lower t_min or threshold, "
+                         "or reduce the noise)")
+    tw = t[start:end]
+    lg = (sign * gaps[:, start:end]).log()                                # (1 + R, n)
+    h = (end - start) // 2
+
+    def fits(row):
+        full = _line(tw, row)
+        return full, _line(tw[:h], row[:h])[0] - _line(tw[h:], row[h:])[0]
+
+    (slope, intercept), diff = fits(lg[0])
+    jk = [fits(row) for row in lg[1:]]
+    js = torch.tensor([f[0][0] for f in jk], dtype=torch.float64)
+    jd = torch.tensor([f[1] for f in jk], dtype=torch.float64)
+    factor = math.sqrt((reps - 1) / reps)
+    se_s = factor * float(((js - js.mean()) ** 2).sum().sqrt())
+    se_d = factor * float(((jd - jd.mean()) ** 2).sum().sqrt())
+    return RelaxationFit(rate=SlopeFit(value=slope, se=se_s, intercept=intercept, n=end - start),
+                         halves=Estimate(value=diff, se=se_d, n=reps), stationary=stationary,
+                         window=(float(tw[0]), float(tw[-1])), noise=noise)

@@ -362,8 +362,8 @@ VALID = {
                                          diverged=False),
     "meanfield.train": lambda: dict(theta=_theta(), steps=4, lr=0.1, method="sgd", x=X, y=Y, teacher=None,
                                     activation="relu", teacher_activation=None, scaling="mf", batch=2, bias=False,
-                                    reg="l2", lam=0.01, record=[0, 2, 4], keep_thetas=True, on_diverge="flag",
-                                    generator=g()),
+                                    reg="l2", lam=0.01, temperature=0.01, record=[0, 2, 4], keep_thetas=True,
+                                    on_diverge="flag", generator=g()),
     "meanfield.relative_scale": lambda: dict(theta=_theta(), x=X, y=Y, scaling="mf"),
     "meanfield.rms_displacement": lambda: dict(theta0=_theta(), theta1=_theta() + 0.1),
     "meanfield.relu_kernel": lambda: dict(x1=X, x2=X[:2], kind="ntk"),
@@ -397,6 +397,15 @@ VALID = {
     "stats.estimate": lambda: dict(samples=[1.0, 2.0, 3.5]),
     "stats.SlopeFit": lambda: dict(value=-1.0, se=0.1, intercept=0.0, n=4),
     "stats.Estimate": lambda: dict(value=1.0, se=0.1, n=4),
+    "stats.relaxation_fit": lambda: dict(times=[float(k) for k in range(20)],
+                                         curves=(1.0 - torch.exp(-0.3 * torch.arange(20, dtype=D))
+                                                 * torch.tensor([[1.0], [1.1], [0.9]], dtype=D)
+                                                 + 1e-3 * randn(3, 20)).tolist(),
+                                         t_min=1.0, tail=0.3, threshold=3.0),
+    "stats.RelaxationFit": lambda: dict(rate=stats.SlopeFit(value=-0.1, se=0.01, intercept=0.0, n=8),
+                                        halves=stats.Estimate(value=0.0, se=0.01, n=3),
+                                        stationary=stats.Estimate(value=1.0, se=0.01, n=3),
+                                        window=(1.0, 8.0), noise=0.01),
     # claims
     "claims.claim": lambda: dict(key="k", value=0.52, what="w", tolerance="t", source="s", predicted=0.5,
                                  atol=0.05),
@@ -558,7 +567,7 @@ CONTAINERS = {
     "lazy.Digits", "lazy.BatchRun", "lazy.TangentFit", "losses.Loss", "meanfield.Trajectory", "propagation.Propagation", "threelayer.Params",
     "threelayer.Sample", "threelayer.Forward", "threelayer.Run", "threelayer.CoupledRun",
     "threelayer.TwoLayerParams", "two_timescale.TrainResult", "two_timescale.FixedSampleResult",
-    "universal.Fit", "erm.SGDMoments", "two_timescale_sgd.SGDResult", "plotting.InteractiveHTML", "stats.SlopeFit", "stats.Estimate", "claims.Claim", "claims.ClaimFailed",
+    "universal.Fit", "erm.SGDMoments", "two_timescale_sgd.SGDResult", "plotting.InteractiveHTML", "stats.SlopeFit", "stats.Estimate", "stats.RelaxationFit", "claims.Claim", "claims.ClaimFailed",
 }
 
 #: Calls whose results legitimately differ between two calls (timings).

@@ -295,3 +295,90 @@ def test_max_unit_hessian_grows_with_width():
                                       x, y, scaling="lazy")["hess"] * math.sqrt(m) for s in range(3))
             for m in (10, 1000)}
     assert hess[1000] > hess[10]
+
+
+# ----------------------------------------------------------------------------- Langevin noise
+@pytest.mark.parametrize("method", ["population", "gd", "sgd"])
+def test_zero_temperature_is_plain_training(method):
+    """temperature=0 draws nothing: bit-identical to training without the argument."""
+    th, te, g = _setup(d=3, m=12, k=2, seed=11)
+    x, y = mfm.gaussian_teacher_data(te, 20, generator=g)
+    kw = dict(steps=25, lr=0.3, method=method, teacher=te, reg="l2", lam=0.05, record=[0, 7, 25],
+              batch=4)
+    if method != "population":
+        kw.update(x=x, y=y)
+    a = mfm.train(th, generator=mflib.generator(3), **kw)
+    b = mfm.train(th, temperature=0.0, generator=mflib.generator(3), **kw)
+    assert torch.equal(a.thetas, b.thetas) and torch.equal(a.risk, b.risk)
+    if method == "population":     # nothing random at all: the generator is not even read
+        c = mfm.train(th, temperature=0, generator=mflib.generator(99), **kw)
+        assert torch.equal(a.thetas, c.thetas)
+
+
+def test_zero_temperature_matches_explicit_euler_steps():
+    """The population flow with weight decay, written out step by step (the pre-Langevin engine)."""
+    th, te, _ = _setup(d=3, m=7, k=2, seed=12)
+    lr, lam = 0.2, 0.1
+    cur = th.clone()
+    for _ in range(5):
+        gr, _ = mfm.population_grad(cur, te)
+        cur = cur - lr * lam * cur
+        cur = cur - lr * 7 * gr
+    tr = mfm.train(th, steps=5, lr=lr, method="population", teacher=te, reg="l2", lam=lam,
+                   temperature=0.0)
+    torch.testing.assert_close(tr.theta, cur, rtol=1e-12, atol=1e-12)
+
+
+def _no_signal(m=4000, d=3):
+    """Inputs x = 0: every relu unit outputs 0, so the risk exerts no force on any particle."""
+    th = mfm.init_particles(m, d, generator=mflib.generator(0))
+    x = torch.zeros(5, d, dtype=torch.float64)
+    return th, x, torch.zeros(5, dtype=torch.float64)
+
+
+def test_langevin_one_step_noise_has_variance_two_eta_tau():
+    th, x, y = _no_signal()
+    lr, tau = 0.05, 0.3
+    tr = mfm.train(th, steps=1, lr=lr, method="gd", x=x, y=y, temperature=tau,
+                   generator=mflib.generator(1))
+    xi = (tr.theta - th).flatten()
+    n = xi.numel()
+    assert abs(xi.mean().item()) < 4 * math.sqrt(2 * lr * tau / n)
+    # variance of a sample variance: 2 sigma^4 / n
+    assert xi.var().item() == pytest.approx(2 * lr * tau, rel=4 * math.sqrt(2 / n))
+
+
+def test_langevin_with_weight_decay_reaches_the_ou_variance():
+    """theta <- (1 - eta lam) theta + sqrt(2 eta tau) xi: stationary variance 2 tau / (lam (2 - eta lam))."""
+    th, x, y = _no_signal(m=2000)
+    lr, lam, tau = 0.1, 1.0, 0.2
+    tr = mfm.train(th, steps=150, lr=lr, method="gd", x=x, y=y, reg="l2", lam=lam,
+                   temperature=tau, generator=mflib.generator(2), keep_thetas=False)
+    want = 2 * tau / (lam * (2 - lr * lam))
+    v = tr.theta.var(0)                       # per coordinate, over 2000 independent particles
+    assert v.numpy() == pytest.approx([want] * v.numel(), rel=4 * math.sqrt(2 / 2000))
+    assert tr.risk[-1].item() == pytest.approx(0.5 * lam * (tr.theta ** 2).sum(1).mean().item())
+
+
+@pytest.mark.parametrize("method", ["population", "sgd"])
+def test_langevin_is_seeded(method):
+    th, te, _ = _setup(d=3, m=10, k=2, seed=13)
+    kw = dict(steps=20, lr=0.2, method=method, teacher=te, reg="l2", lam=0.1, temperature=0.05,
+              batch=8, keep_thetas=False)
+    a = mfm.train(th, generator=mflib.generator(5), **kw)
+    b = mfm.train(th, generator=mflib.generator(5), **kw)
+    c = mfm.train(th, generator=mflib.generator(6), **kw)
+    assert torch.equal(a.theta, b.theta) and torch.equal(a.risk, b.risk)
+    assert not torch.equal(a.theta, c.theta)
+
+
+def test_langevin_float32_and_bad_temperature():
+    th, te, _ = _setup(d=3, m=10, k=2, seed=14, dtype=torch.float32)
+    tr = mfm.train(th, steps=5, lr=0.1, method="sgd", teacher=te, temperature=0.1, reg="l2", lam=0.1)
+    assert tr.theta.dtype == torch.float32 and not tr.diverged
+    with pytest.raises(ValueError, match="temperature"):
+        mfm.train(th, steps=1, lr=0.1, method="sgd", teacher=te, temperature=-0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        mfm.train(th, steps=1, lr=0.1, method="sgd", teacher=te, temperature=float("nan"))
+    with pytest.raises(TypeError, match="temperature"):
+        mfm.train(th, steps=1, lr=0.1, method="sgd", teacher=te, temperature="hot")
