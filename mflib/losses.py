@@ -246,6 +246,6 @@ def empirical_risk(loss, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     if y.shape[0] == 0:
         raise ValueError("y must not be empty: the mean of no loss is undefined")
     if y_hat.shape[-1] != y.shape[0]:
-        raise ValueError(f"y_hat must have {y.shape[0]} entries in its last dimension "
-                         f"(one per label), got shape {tuple(y_hat.shape)}")
+        raise ValueError(f"y_hat must have as many entries in its last dimension as y has labels "
+                         f"({y.shape[0]}), got shape {tuple(y_hat.shape)}")
     return _checks.finite_result(loss(y, y_hat).mean(dim=-1), "the risk", "y or y_hat (their scale)")

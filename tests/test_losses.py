@@ -107,5 +107,5 @@ def test_bad_inputs_raise_with_the_argument_name():
         losses.get("cross-entropy")
     with pytest.raises(TypeError, match="loss must be a loss name"):
         losses.get(3)
-    with pytest.raises(ValueError, match="y_hat must have 3 entries"):
+    with pytest.raises(ValueError, match="y_hat must have as many entries in its last dimension as y has labels \\(3\\)"):
         losses.empirical_risk("square", y, torch.ones(2, dtype=D))
